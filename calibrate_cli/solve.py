@@ -1,0 +1,321 @@
+r"""Solving for the logit bias ε and for recalibrated hyperparameters.
+
+Criteria for ε (the logit bias adds ε to the correct-class logit, so
+<δ_k>(z; ε) = <δ_k>(z + ε; 0), and μ is the mean of the logit distribution):
+
+``match`` (default)
+    <δ_k>_K(μ + ε) = <δ_k>_{K_ref}(μ): the loss sees, at K classes and at the
+    centre of the initial logits, the same average error it sees without bias
+    at a class count K_ref where it is known to learn (K_ref = 10 by default;
+    mean field: ε ≈ ln((K-1)/(K_ref-1))). For a loss whose <δ_k>(z) is a bump
+    (every bounded loss) there are two roots. We take the one **below** the
+    peak: at K_ref the logits sit below the peak, so learning makes |δ_k| grow
+    as z_k rises; the root below the peak reproduces both the value and that
+    dynamics, while the root above starts the network where |δ_k| already
+    shrinks as it learns -- the loss is "satisfied" while z_k still lies among
+    the other logits, which is also why the paper prefers a small ε.
+    ``branch="above"`` gives the other root.
+``peak``
+    the extremum of <δ_k>(z) sits at μ: the largest possible average error
+    at initialisation (mean field: ε ≈ ln(K-1) + s²/2 for MAE).
+``target``
+    <δ_k>_K(μ + ε) = ``target``.
+
+Brackets are derived, not guessed: every <δ_k>(z) is a function of
+x = e^{-(z-μ)} S with S ≈ (K-1)·m (m = E[e^{z-μ}]), so all structure lies
+within a few units of z_c = μ + ln((K-1)·m), where p ≈ 1/2; p falls below
+e^{-25} 25 units to the left and above 1 - e^{-25} 25 units to the right.
+We scan that window in steps of 2 (one vectorised evaluation), locate the
+extremum and the sign changes, then refine with Brent's method.
+
+Transfer (``q`` is the transfer of GCE's q): given the loss at K_from with
+parameter value θ_from, find θ at K_to with <δ_k>_{K_to,θ}(z*) =
+<δ_k>_{K_from,θ_from}(z*), z* = μ (or ``at``). The scan runs over the
+parameter's valid range (log-spaced when it spans decades); among several roots
+the one closest to θ_from (in ratio) is returned and the others reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+from scipy.optimize import brentq
+
+from .average import Averager, check_classes
+from .errors import NoSolutionError, UsageError
+from .logits import LogitDistribution
+from .losses.registry import LossSpec, check_params
+
+CRITERIA = ("match", "peak", "target")
+BRANCHES = ("below", "above")
+HALF_WINDOW = 25.0
+XTOL = 1e-12
+
+
+@dataclass(frozen=True)
+class EpsilonResult:
+    """ε and everything needed to check it."""
+
+    epsilon: float
+    error: float  # numerical error estimate of ε
+    criterion: str
+    classes: int
+    reference_classes: int | None
+    target: float | None  # the <δ_k> value matched (match, target)
+    delta_before: float  # <δ_k>_K(μ), no bias
+    delta_after: float  # <δ_k>_K(μ + ε)
+    peak_z: float | None  # where <δ_k>_K(z) is extremal (no bias)
+    peak_delta: float | None
+    branch: str
+    method: str
+    other_root: float | None = None
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    param: str
+    value: float
+    error: float
+    value_from: float
+    k_from: int
+    k_to: int
+    at: float
+    target: float  # <δ_k>_{K_from, θ_from}(at)
+    delta_before: float  # <δ_k>_{K_to, θ_from}(at)
+    delta_after: float  # <δ_k>_{K_to, θ}(at)
+    method: str
+    other_roots: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ helpers
+def _window(dist: LogitDistribution, averager: Averager, classes: int, step: float = 2.0):
+    zc = dist.mean + math.log((classes - 1) * averager._m)
+    return zc + np.arange(-HALF_WINDOW, HALF_WINDOW + step / 2, step)
+
+
+def find_peak(loss: LossSpec, params, classes: int, averager: Averager):
+    """(z*, <δ_k>(z*)) where |<δ_k>| is largest, or None if it is monotone in the window."""
+    grid = _window(averager.dist, averager, classes)
+    vals = averager.mean_delta(loss, params, classes, grid).value
+    i = int(np.argmax(np.abs(vals)))
+    if i == 0 or i == len(grid) - 1:
+        return None, grid, vals
+
+    def slope(z):
+        return float(averager.slope(loss, params, classes, z).value[0])
+
+    a, b = grid[i - 1], grid[i + 1]
+    sa, sb = slope(a), slope(b)
+    if sa * sb > 0:  # extremum at a grid point within rounding; take the best
+        zs = grid[i]
+    else:
+        zs = brentq(slope, a, b, xtol=XTOL)
+    return float(zs), grid, vals
+
+
+def _root(f, a, b):
+    return brentq(f, a, b, xtol=XTOL, rtol=4 * np.finfo(float).eps)
+
+
+# ------------------------------------------------------------------- epsilon
+def solve_epsilon(
+    loss: LossSpec,
+    params: Mapping[str, float],
+    classes: int,
+    dist: LogitDistribution,
+    *,
+    criterion: str = "match",
+    reference_classes: int = 10,
+    target: float | None = None,
+    branch: str = "below",
+    averager: Averager | None = None,
+) -> EpsilonResult:
+    """The logit bias ε for ``loss`` at ``classes`` classes under ``criterion``.
+
+    Raises :class:`NoSolutionError` when no real ε satisfies the criterion.
+    """
+    classes = check_classes(classes)
+    if criterion not in CRITERIA:
+        raise UsageError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
+    if branch not in BRANCHES:
+        raise UsageError(f"--branch must be 'below' or 'above', got '{branch}'")
+    check_params(loss, params)
+    av = averager or Averager(dist)
+    mu = dist.mean
+    zs, grid, vals = find_peak(loss, params, classes, av)
+    peak_delta = float(av.mean_delta(loss, params, classes, zs).value[0]) if zs is not None else None
+    before = av.mean_delta(loss, params, classes, mu)
+    ref_k = None
+
+    if criterion == "peak":
+        if zs is None:
+            raise NoSolutionError(
+                f"{loss.name}: <δ_k>(z) at K = {classes} has no extremum (it is monotone in z), "
+                "so the peak criterion is undefined; use --criterion match or target")
+        eps = zs - mu
+        # error of z*: slope error / curvature
+        h = 1e-3
+        curv = (av.slope(loss, params, classes, zs + h).value[0]
+                - av.slope(loss, params, classes, zs - h).value[0]) / (2 * h)
+        s_err = av.slope(loss, params, classes, zs).error[0]
+        err = abs(s_err / curv) if curv else math.inf
+        after = av.mean_delta(loss, params, classes, mu + eps)
+        return EpsilonResult(eps, err + XTOL, criterion, classes, None, None,
+                             float(before.value[0]), float(after.value[0]), zs, peak_delta,
+                             branch, before.method)
+
+    if criterion == "match":
+        ref_k = check_classes(reference_classes)
+        ref = av.mean_delta(loss, params, ref_k, mu)
+        t, t_err = float(ref.value[0]), float(ref.error[0])
+    else:
+        if target is None or not math.isfinite(target):
+            raise UsageError("--criterion target needs a finite --target value")
+        t, t_err = float(target), 0.0
+
+    f = vals - t
+    z_root, other = _pick_root(f, grid, zs, branch, loss, params, classes, av, t)
+    if z_root is None:
+        _no_root(loss, classes, t, zs, peak_delta, grid, vals)
+    at = av.mean_delta(loss, params, classes, z_root)
+    slope = av.slope(loss, params, classes, z_root).value[0]
+    err = (t_err + float(at.error[0])) / abs(slope) if slope else math.inf
+    eps = z_root - mu
+    return EpsilonResult(eps, err + XTOL, criterion, classes, ref_k, t,
+                         float(before.value[0]), float(at.value[0]), zs, peak_delta, branch,
+                         before.method, None if other is None else other - mu)
+
+
+def _pick_root(f, grid, zs, branch, loss, params, classes, av, t):
+    """Bracket the root on the requested side of the peak, then refine it."""
+
+    def F(z):
+        return float(av.mean_delta(loss, params, classes, z).value[0]) - t
+
+    roots = []
+    if zs is None:
+        sides = [(grid, f)]
+    else:
+        fz = F(zs)
+        left = grid < zs
+        sides = [(np.append(grid[left], zs), np.append(f[left], fz)),
+                 (np.insert(grid[~left], 0, zs), np.insert(f[~left], 0, fz))]
+    for g, fv in sides:
+        found = None
+        idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
+        if len(idx):
+            # below the peak take the sign change closest to the peak (largest z)
+            i = idx[-1] if g is sides[0][0] and zs is not None else idx[0]
+            a, b = g[i], g[i + 1]
+            fa, fb = fv[i], fv[i + 1]
+            found = a if fa == 0 else (b if fb == 0 else _root(F, a, b))
+        roots.append(found)
+    if zs is None:
+        return roots[0], None
+    below, above = roots
+    if branch == "below":
+        return below, above
+    return above, below
+
+
+def _no_root(loss, classes, t, zs, peak_delta, grid, vals):
+    if zs is not None and abs(t) > abs(peak_delta):
+        raise NoSolutionError(
+            f"{loss.name} at K = {classes}: the target <δ_k> = {t:.6g} is beyond the extremum "
+            f"{peak_delta:.6g} (reached at z = {zs:.4g}); no logit bias reaches it. "
+            "Use --criterion peak, or a larger --reference-classes")
+    lo, hi = float(vals.min()), float(vals.max())
+    raise NoSolutionError(
+        f"{loss.name} at K = {classes}: <δ_k>(z) stays within [{lo:.6g}, {hi:.6g}] for every z, "
+        f"which does not contain the target {t:.6g}; no logit bias reaches it")
+
+
+# ------------------------------------------------------------------ transfer
+def _scan(param, value_from: float, n: int = 25) -> np.ndarray:
+    lo, hi = param.low, param.high
+    span_lo = value_from * 1e-3 if value_from > 0 else -1e3
+    span_hi = value_from * 1e3 if value_from > 0 else 1e3
+    a = max(lo, span_lo) if math.isfinite(lo) else span_lo
+    b = min(hi, span_hi) if math.isfinite(hi) else span_hi
+    if a > 0 and b / a > 20:
+        grid = np.geomspace(a, b, n)
+    else:
+        grid = np.linspace(a, b, n)
+    grid = np.unique(np.append(grid, value_from))
+    return np.array([g for g in grid if param.contains(float(g))])
+
+
+def solve_transfer(
+    loss: LossSpec,
+    params: Mapping[str, float],
+    param: str,
+    k_from: int,
+    k_to: int,
+    dist: LogitDistribution,
+    *,
+    at: float | None = None,
+    averager: Averager | None = None,
+) -> TransferResult:
+    """θ at ``k_to`` such that <δ_k>(at) equals its value at ``k_from`` with ``params[param]``."""
+    k_from, k_to = check_classes(k_from), check_classes(k_to)
+    spec = loss.param(param)
+    if spec.flag:
+        raise UsageError(f"{loss.name}: '{param}' is a 0/1 switch and cannot be transferred")
+    check_params(loss, params)
+    av = averager or Averager(dist)
+    z = dist.mean if at is None else float(at)
+    if not math.isfinite(z):
+        raise UsageError(f"--at must be a finite logit value, got {at}")
+    theta0 = float(params[param])
+    ref = av.mean_delta(loss, params, k_from, z)
+    t, t_err = float(ref.value[0]), float(ref.error[0])
+
+    def F(theta):
+        p = dict(params)
+        p[param] = float(theta)
+        return float(av.mean_delta(loss, p, k_to, z).value[0]) - t
+
+    before = F(theta0) + t
+    grid = _scan(spec, theta0)
+    fv = np.array([F(g) for g in grid])
+    idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
+    roots = []
+    for i in idx:
+        a, b = grid[i], grid[i + 1]
+        roots.append(a if fv[i] == 0 else (b if fv[i + 1] == 0 else _root(F, a, b)))
+    roots = sorted(set(roots), key=lambda r: abs(math.log(r / theta0)) if r > 0 and theta0 > 0
+                   else abs(r - theta0))
+    if not roots:
+        lo, hi = float(fv.min()) + t, float(fv.max()) + t
+        side = "above" if t > hi else "below"
+        raise NoSolutionError(
+            f"{loss.name}: no {param} in {spec.range_text()} gives <δ_k> = {t:.6g} at K = {k_to} "
+            f"(z = {z:g}): over {param} in [{grid[0]:.4g}, {grid[-1]:.4g}] it stays within "
+            f"[{lo:.6g}, {hi:.6g}], the target lies {side}")
+    value = float(roots[0])
+    p = dict(params)
+    p[param] = value
+    after = av.mean_delta(loss, p, k_to, z)
+    h = 1e-6 * max(abs(value), 1e-6)
+    dfd = (F(value + h) - F(value - h)) / (2 * h) if spec.contains(value - h) and spec.contains(value + h) else 0.0
+    err = (t_err + float(after.error[0])) / abs(dfd) if dfd else math.inf
+    return TransferResult(param, value, err + XTOL * max(1.0, abs(value)), theta0, k_from, k_to, z,
+                          t, before, float(after.value[0]), after.method,
+                          [float(r) for r in roots[1:]])
+
+
+def solve_q(k_from: int, k_to: int, dist: LogitDistribution, *, q_from: float = 0.7,
+            at: float | None = None, loss: str = "gce", averager: Averager | None = None) -> TransferResult:
+    """GCE's q at ``k_to`` from ``q_from`` at ``k_from`` (the paper's Figure 3)."""
+    from .losses import get_loss, resolve_params
+
+    spec = get_loss(loss)
+    if "q" not in spec.param_names:
+        raise UsageError(f"loss '{spec.name}' has no parameter q (try gce, agce, aul or nce-agce)")
+    if not q_from > 0:
+        raise UsageError(f"--q-from must be > 0, got {q_from}")
+    params = resolve_params(spec, overrides={"q": q_from})
+    return solve_transfer(spec, params, "q", k_from, k_to, dist, at=at, averager=averager)
