@@ -59,6 +59,7 @@ TALBOT_ORDER = 24
 V_STEP = 0.125
 DEFAULT_SAMPLES = 4096
 MAX_DRAWS = 2_000_000_000
+SERIES_T = 1e-3  # below t·max(Y) the Laplace transform of Y is summed as a series
 CHUNK_ELEMS = 1 << 21  # logits per Monte Carlo chunk (16 MiB of float64)
 
 
@@ -155,6 +156,7 @@ class Averager:
         self._stats_cache: dict = {}
         self._rho_cache: dict = {}
         self._cv_cache: dict = {}
+        self._moments: list[float] | None = None
 
     # ................................................................ public
     def mean_delta(self, loss: LossSpec, params: Mapping[str, float], classes: int, z) -> Average:
@@ -213,12 +215,10 @@ class Averager:
         err = np.empty_like(z)
         for i, zk in enumerate(z):
             t = math.exp(-zk) * u  # c·u
-            ty = np.outer(t, y)
-            psi = -(np.expm1(-ty) @ self._w)  # ψ(t) = E[1 - e^{-tY}], accurate for tiny t
+            psi, ey = self._laplace(t, y, slope)  # ψ(t) = E[1 - e^{-tY}], E[Y e^{-tY}]
             with np.errstate(divide="ignore"):
                 log_phi = np.log1p(-psi)
             if slope:
-                ey = (np.exp(-ty) * y) @ self._w  # E[Y e^{-tY}]
                 with np.errstate(over="ignore", invalid="ignore"):
                     weight = n * np.exp((n - 1) * log_phi) * ey * t
                 weight = np.where(np.isfinite(weight), weight, 0.0)
@@ -239,6 +239,31 @@ class Averager:
         return out, err
 
     # ............................................................ Monte Carlo
+    def _laplace(self, t: np.ndarray, y: np.ndarray, slope: bool):
+        """ψ(t) = E[1 - e^{-tY}] and (if ``slope``) E[Y e^{-tY}], Y = e^{z - mean}.
+
+        Where t·max(Y) < SERIES_T the Taylor series in t (five moments of Y) is
+        used: its remainder is below (t·max Y)^6/720 ≈ 2e-18 relative, and it
+        spares the dense [len(t), atoms] evaluation on most of the u grid.
+        """
+        if self._moments is None:
+            self._ymax = float(y.max())
+            self._moments = [float(self._w @ y ** j) for j in range(1, 7)]
+        m = self._moments
+        small = t * self._ymax < SERIES_T
+        ts = t[small]
+        psi = np.empty_like(t)
+        psi[small] = ts * (m[0] - ts * (m[1] / 2 - ts * (m[2] / 6 - ts * (m[3] / 24
+                                                                          - ts * m[4] / 120))))
+        ty = np.outer(t[~small], y)
+        psi[~small] = -(np.expm1(-ty) @ self._w)
+        if not slope:
+            return psi, None
+        ey = np.empty_like(t)
+        ey[small] = m[0] - ts * (m[1] - ts * (m[2] / 2 - ts * (m[3] / 6 - ts * m[4] / 24)))
+        ey[~small] = (np.exp(-ty) * y) @ self._w
+        return psi, ey
+
     def _chunks(self, classes: int):
         """Deterministic chunks of the other K - 1 logits (centred), common to all calls."""
         n = classes - 1

@@ -280,7 +280,12 @@ def solve_transfer(
 
     before = F(theta0) + t
     grid = _scan(spec, theta0)
-    fv = np.array([F(g) for g in grid])
+    with np.errstate(all="ignore"):  # extreme corners of the range may overflow: skip them
+        fv = np.array([F(g) for g in grid])
+    ok = np.isfinite(fv)
+    grid, fv = grid[ok], fv[ok]
+    if len(grid) < 2:
+        raise NoSolutionError(f"{loss.name}: <δ_k> is not finite over the range of {param}")
     idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
     roots = []
     for i in idx:

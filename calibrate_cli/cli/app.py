@@ -15,9 +15,15 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.26 vendors click (pyproject pins typer < 0.29: 0.29 imports pydantic at parse)
+    from typer._click import exceptions as click
+    from typer._click.utils import echo as _echo
+except ImportError:  # pragma: no cover - older typer on the system click
+    from click import exceptions as click
+    from click import echo as _echo
 
 from .._version import __version__
 from ..errors import CalibrateError
@@ -47,15 +53,15 @@ class _Group(TyperGroup):
                               standalone_mode=False, **kwargs)
         except CalibrateError as exc:
             _fail(str(exc), exc.exit_code)
-        except click.exceptions.NoArgsIsHelpError as exc:
-            click.echo(exc.ctx.get_help())
+        except click.NoArgsIsHelpError as exc:
+            _echo(exc.ctx.get_help())
             sys.exit(0)
         except click.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx is not None else "calibrate"
             _fail(f"{_one_line(exc.format_message())} (see '{cmd} --help')", 2)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
-        except click.exceptions.Abort:
+        except typer.Abort:
             _fail("aborted", 130)
         except (BrokenPipeError, KeyboardInterrupt):
             sys.exit(130)
@@ -68,35 +74,50 @@ class _Group(TyperGroup):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {_one_line(message)}", err=True)
+    _echo(f"error: {_one_line(message)}", err=True)
     sys.exit(code)
 
 
 def _version(value: bool) -> None:
     if value:
-        click.echo(f"calibrate {__version__}")
+        _echo(f"calibrate {__version__}")
         raise typer.Exit()
 
 
-app = typer.Typer(
-    cls=_Group,
-    name="calibrate",
-    rich_markup_mode="rich",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help=(
-        "Logit bias ε and K-dependent hyperparameters for noise-robust losses, "
-        "computed exactly from the number of classes K (Staats, Thamm, Rosenow, AAAI 2025)."
-    ),
-    epilog=(
-        "Examples:  calibrate epsilon --classes 1000   |   "
-        "calibrate q --loss gce --from 100 --to 1000   |   calibrate losses"
-    ),
-)
+def build_app(only: str | None = None) -> typer.Typer:
+    """The Typer app with every command, or only the command ``only``.
+
+    ``main`` builds it with the one command named on the command line, so a
+    calibration command never imports the modules of the training commands.
+    """
+    app = typer.Typer(
+        cls=_Group,
+        name="calibrate",
+        rich_markup_mode="rich",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        help=(
+            "Logit bias ε and K-dependent hyperparameters for noise-robust losses, "
+            "computed exactly from the number of classes K (Staats, Thamm, Rosenow, AAAI 2025)."
+        ),
+        epilog=(
+            "Examples:  calibrate epsilon --classes 1000   |   "
+            "calibrate q --loss gce --from 100 --to 1000   |   calibrate losses"
+        ),
+    )
+    app.callback()(_root)
+    for name in COMMANDS if only is None else (only,):
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:  # a command not written yet
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue
+        mod.register(app)
+    return app
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
@@ -104,16 +125,22 @@ def _root(
     """calibrate: ε and hyperparameters of bounded losses from the number of classes."""
 
 
-for _name in COMMANDS:
-    try:
-        _mod = importlib.import_module(f"{__package__}.{_name}")
-    except ModuleNotFoundError as _exc:  # a command not written yet
-        if _exc.name != f"{__package__}.{_name}":
-            raise
-        continue
-    _mod.register(app)
+def _requested(argv: list[str]) -> str | None:
+    """The command named first on the command line, if it is one of ours."""
+    for arg in argv:
+        if arg.startswith("-"):
+            return None  # a root option (--help, --version) comes first: load everything
+        return arg if arg in COMMANDS else None
+    return None
+
+
+def __getattr__(name: str):  # ``from calibrate_cli.cli.app import app``: every command
+    if name == "app":
+        globals()["app"] = build_app()
+        return globals()["app"]
+    raise AttributeError(name)
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    build_app(_requested(sys.argv[1:]))()

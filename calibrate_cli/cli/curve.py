@@ -1,0 +1,142 @@
+"""``calibrate curve``: <δ_k>(z) on a grid, for one or several losses and class counts."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from ..average import check_classes
+from ..solve import CRITERIA, solve_epsilon
+from . import common as c
+
+HELP = """The average backpropagation error <δ_k>(z) of the correct class against its logit z.
+
+<δ_k>(z) averages δ_k = ∂L/∂z_k over the other K - 1 logits drawn from the initial logit distribution. With --epsilon the curve is the one training sees: <δ_k>(z + ε). Several losses and class counts: repeat --loss, or separate values with commas.
+
+[bold]Examples[/]
+
+  calibrate curve --loss mae --classes 1000 --epsilon auto --csv
+
+  calibrate curve --loss nce-agce --preset cifar100 --classes 1000 --json
+
+  calibrate curve --loss mae,gce,ce --classes 10,1000 --points 21
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("curve", help=HELP)(curve)
+
+
+def _parse_epsilon(text: str) -> float | str:
+    t = text.strip().lower()
+    if t in ("auto", "none"):
+        return t
+    try:
+        v = float(t)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v):
+        raise c.UsageError(f"--epsilon must be 'auto', 'none' or a finite number, got '{text}'")
+    return v
+
+
+def curve(
+    loss: Annotated[list[str], typer.Option(
+        "--loss", "-l", rich_help_panel=c.LOSS_PANEL,
+        help="Loss name(s); repeat or separate with commas.")] = ["mae"],
+    classes: Annotated[list[str], typer.Option(
+        "--classes", "-k", help="Class count(s) K; repeat or separate with commas.")] = ["10"],
+    preset: c.Preset = None,
+    set_: c.Set = None,
+    epsilon: Annotated[str, typer.Option(
+        "--epsilon", help="Logit bias: none (default), auto (solved per loss and K with "
+                          "--criterion) or a number.")] = "none",
+    criterion: Annotated[str, typer.Option(
+        "--criterion", help=f"Criterion of --epsilon auto: {', '.join(CRITERIA[:2])}.")] = "match",
+    reference_classes: Annotated[int, typer.Option(
+        "--reference-classes", help="K_ref of the match criterion.")] = 10,
+    z_min: Annotated[Optional[float], typer.Option(
+        "--z-min", help="Grid start (default: logit mean - 3).")] = None,
+    z_max: Annotated[Optional[float], typer.Option(
+        "--z-max", help="Grid end (default: logit mean + ln(K_max - 1) + 6).")] = None,
+    points: Annotated[int, typer.Option("--points", help="Grid points (2 to 100000).")] = 41,
+    logit_mean: c.LogitMean = c.DEFAULTS["logit_mean"],
+    logit_std: c.LogitStd = c.DEFAULTS["logit_std"],
+    logits: c.Logits = None,
+    atoms: c.Atoms = c.DEFAULTS["atoms"],
+    from_model: c.FromModel = None,
+    input_shape: c.InputShape = c.DEFAULTS["input_shape"],
+    samples: c.Samples = c.DEFAULTS["samples"],
+    seed: c.Seed = c.DEFAULTS["seed"],
+    json_: c.Json = False,
+    csv_: c.Csv = False,
+) -> None:
+    if json_ and csv_:
+        raise c.UsageError("give either --json or --csv, not both")
+    if not 2 <= points <= 100_000:
+        raise c.UsageError(f"--points must be in [2, 100000], got {points}")
+    if criterion not in ("match", "peak"):
+        raise c.UsageError(f"--criterion of --epsilon auto must be match or peak, got '{criterion}'")
+    eps_opt = _parse_epsilon(epsilon)
+    names = [n.strip() for item in loss for n in item.split(",") if n.strip()]
+    if not names:
+        raise c.UsageError("--loss needs at least one loss name")
+    ks = [check_classes(k) for item in classes for k in c.parse_int_list(item, "--classes")]
+    losses = [c.make_loss(n, preset, set_) for n in names]
+    dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
+                               atoms=atoms, from_model=from_model, input_shape=input_shape,
+                               classes=max(ks), quiet=json_ or csv_)
+    av = c.make_averager(dist, samples, seed)
+    mu = dist.mean
+    lo = mu - 3.0 if z_min is None else z_min
+    hi = mu + math.log(max(ks) - 1) + 6.0 if z_max is None else z_max
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise c.UsageError(f"need finite --z-min < --z-max, got {lo:g} and {hi:g}")
+    z = np.linspace(lo, hi, points)
+
+    curves = []
+    for spec, params in losses:
+        for k in ks:
+            if eps_opt == "auto":
+                eps = solve_epsilon(spec, params, k, dist, criterion=criterion,
+                                    reference_classes=reference_classes, averager=av).epsilon
+            else:
+                eps = 0.0 if eps_opt == "none" else float(eps_opt)
+            a = av.mean_delta(spec, params, k, z + eps)
+            at_mu = av.mean_delta(spec, params, k, np.array([mu, mu + eps]))
+            curves.append({
+                "loss": spec.name, "params": params, "classes": k, "epsilon": eps,
+                "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
+                "method": a.method, "delta": a.value, "error": a.error,
+            })
+
+    labels = [f"{cv['loss']} K={cv['classes']}" + (f" eps={cv['epsilon']:.4g}" if cv["epsilon"]
+                                                   else "") for cv in curves]
+    if json_:
+        c.emit_json("curve", {
+            "z": z, "delta": [cv["delta"] for cv in curves],
+            "error": [cv["error"] for cv in curves],
+            "curves": [{k: v for k, v in cv.items() if k not in ("delta", "error")}
+                       for cv in curves],
+            "epsilon_mode": eps_opt if isinstance(eps_opt, str) else "value",
+            "criterion": criterion if eps_opt == "auto" else None,
+            "reference_classes": reference_classes if eps_opt == "auto" else None,
+            "distribution": dist.describe(),
+            "monte_carlo": {"samples": samples, "seed": seed}
+            if any(cv["method"] != "exact" for cv in curves) else None,
+        })
+        return
+    if csv_:
+        header = ["z"] + [f"delta[{lab}]" for lab in labels]
+        rows = [[float(z[i])] + [float(cv["delta"][i]) for cv in curves] for i in range(points)]
+        c.emit_csv(header, rows)
+        return
+    width = max(12, *(len(lab) for lab in labels))
+    out = [f"<δ_k>(z{' + ε' if eps_opt != 'none' else ''}) with logits {c.describe_dist(dist.describe())}",
+           f"{'z':>9}  " + "  ".join(f"{lab:>{width}}" for lab in labels)]
+    for i in range(points):
+        out.append(f"{z[i]:9.4f}  " + "  ".join(f"{cv['delta'][i]:>{width}.6g}" for cv in curves))
+    typer.echo("\n".join(out))

@@ -1,0 +1,53 @@
+"""``calibrate q``: GCE's q (or another loss's q) for a new number of classes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import common as c
+from .transfer import At, KFrom, KTo, run_transfer
+
+HELP = """GCE's q at --to classes from its value --q-from at --from classes.
+
+q at K_to makes <δ_k> at the logit mean (or --at Z) what it was at K_from with q = --q-from: the paper's recalibration of GCE (q = 0.7 works on CIFAR-100). Also for the q of agce, aul and nce-agce (--loss). Same as 'calibrate transfer --param q'.
+
+[bold]Examples[/]
+
+  calibrate q --loss gce --from 100 --to 1000
+
+  calibrate q --from 100 --to 1000 --q-from 0.5 --logit-std 0.3 --json
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("q", help=HELP)(q)
+
+
+def q(
+    k_from: KFrom,
+    k_to: KTo,
+    loss: c.Loss = "gce",
+    q_from: Annotated[float, typer.Option(
+        "--q-from", help="q at --from classes (> 0; default GCE's literature value).",
+        rich_help_panel=c.LOSS_PANEL)] = 0.7,
+    preset: c.Preset = None,
+    set_: c.Set = None,
+    at: At = None,
+    logit_mean: c.LogitMean = c.DEFAULTS["logit_mean"],
+    logit_std: c.LogitStd = c.DEFAULTS["logit_std"],
+    logits: c.Logits = None,
+    atoms: c.Atoms = c.DEFAULTS["atoms"],
+    from_model: c.FromModel = None,
+    input_shape: c.InputShape = c.DEFAULTS["input_shape"],
+    samples: c.Samples = c.DEFAULTS["samples"],
+    seed: c.Seed = c.DEFAULTS["seed"],
+    json_: c.Json = False,
+) -> None:
+    if not q_from > 0:
+        raise c.UsageError(f"--q-from must be > 0, got {q_from:g}")
+    run_transfer("q", loss=loss, preset=preset, set_=set_, param="q", k_from=k_from, k_to=k_to,
+                 at=at, logit_mean=logit_mean, logit_std=logit_std, logits=logits, atoms=atoms,
+                 from_model=from_model, input_shape=input_shape, samples=samples, seed=seed,
+                 json_=json_, extra_params={"q": q_from})
