@@ -256,7 +256,7 @@ class Averager:
         psi[small] = ts * (m[0] - ts * (m[1] / 2 - ts * (m[2] / 6 - ts * (m[3] / 24
                                                                           - ts * m[4] / 120))))
         ty = np.outer(t[~small], y)
-        psi[~small] = -(np.expm1(-ty) @ self._w)
+        psi[~small] = np.minimum(-(np.expm1(-ty) @ self._w), 1.0)  # weights sum to 1 ± ulp
         if not slope:
             return psi, None
         ey = np.empty_like(t)
