@@ -1,0 +1,395 @@
+"""The torch side of the loss registry.
+
+For every registered loss, autograd of ``spec.torch_loss(params)`` with respect
+to the correct-class logit must equal the independent NumPy kernel
+``spec.delta`` (closed-form δ_k), at defaults, presets, random valid
+parameters and parameter-range ends. Plus numerical stability, precision
+modes, and the ``package.module:function`` user-loss path.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from calibrate_cli.errors import UsageError
+from calibrate_cli.losses import get_loss, list_losses, resolve_params
+from calibrate_cli.losses import torch_impl
+from calibrate_cli.losses.user import user_loss
+
+LOSSES = list_losses()
+LOSS_NAMES = [s.name for s in LOSSES]
+N = 64
+
+
+def autograd_delta(spec, params, logits_np, dtype=torch.float64):
+    """∂L/∂z_0 per sample by autograd, target all zeros (correct class in column 0)."""
+    z = torch.tensor(logits_np, dtype=dtype, requires_grad=True)
+    target = torch.zeros(z.shape[0], dtype=torch.long)
+    loss = spec.torch_loss(params)(z, target)
+    assert loss.shape == (z.shape[0],)
+    (grad,) = torch.autograd.grad(loss.sum(), z)
+    return grad[:, 0].to(torch.float64).numpy()
+
+
+def random_params(spec, rng, count=3):
+    """A few random valid parameter sets; flags set at random."""
+    out = []
+    for _ in range(count):
+        values = {}
+        for p in spec.params:
+            if p.flag:
+                v = float(rng.integers(0, 2))
+            elif math.isfinite(p.low) and math.isfinite(p.high):
+                v = rng.uniform(p.low, p.high)
+                v = min(max(v, p.low + 1e-3), p.high - 1e-3)
+            elif math.isfinite(p.low):
+                v = p.low + math.exp(rng.uniform(math.log(0.05), math.log(10.0)))
+            else:
+                v = rng.normal(scale=3.0)
+            values[p.name] = float(v)
+        if "clamp" in values:  # spread the clamp over decades (A = -ln c)
+            values["clamp"] = float(10.0 ** rng.uniform(-8, -0.5))
+        out.append(resolve_params(spec, overrides=values))
+    return out
+
+
+def edge_params(spec):
+    """Closed range ends and both values of every flag, one parameter at a time."""
+    out = []
+    for p in spec.params:
+        ends = []
+        if p.flag:
+            ends = [0.0, 1.0]
+        else:
+            if math.isfinite(p.low) and not p.low_open:
+                ends.append(p.low)
+            if math.isfinite(p.high) and not p.high_open:
+                ends.append(p.high)
+        for v in ends:
+            out.append(resolve_params(spec, overrides={p.name: v}))
+    return out
+
+
+def param_sets(spec, seed):
+    rng = np.random.default_rng(seed)
+    sets = [resolve_params(spec)]
+    sets += [resolve_params(spec, preset=name) for name in spec.presets]
+    sets += edge_params(spec)
+    sets += random_params(spec, rng)
+    return sets
+
+
+def test_every_torch_name_exists_with_the_param_names():
+    """Each spec's torch function exists and takes exactly the spec's parameter names."""
+    import inspect
+
+    for spec in LOSSES:
+        for term in spec.terms(spec.defaults()):
+            fn = getattr(torch_impl, term.loss.torch_name)
+            names = list(inspect.signature(fn).parameters)
+            assert names[:2] == ["logits", "target"], spec.name
+            assert set(names[2:]) == set(term.loss.param_names), (spec.name, names)
+
+
+@pytest.mark.parametrize("K", [2, 10, 100])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_autograd_matches_numpy_delta(name, K):
+    spec = get_loss(name)
+    rng = np.random.default_rng(1000 * K + LOSS_NAMES.index(name))
+    for params in param_sets(spec, seed=K):
+        for scale in (0.5, 3.0):
+            logits = scale * rng.normal(size=(N, K))
+            logits[:8, 0] += 4.0  # some confident correct predictions too
+            expected = spec.delta(logits, params)
+            got = autograd_delta(spec, params, logits)
+            assert np.all(np.isfinite(expected)), (name, params)
+            np.testing.assert_allclose(
+                got, expected, rtol=1e-6, atol=1e-10 * max(1.0, np.abs(expected).max()),
+                err_msg=f"{name} K={K} scale={scale} params={params}",
+            )
+
+
+@pytest.mark.parametrize("detach", [0.0, 1.0])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 5.0])
+def test_nfl_both_detach_conventions(gamma, detach):
+    spec = get_loss("nfl")
+    params = resolve_params(spec, overrides={"gamma": gamma, "detach": detach})
+    logits = np.random.default_rng(7).normal(scale=2.0, size=(N, 10))
+    np.testing.assert_allclose(
+        autograd_delta(spec, params, logits), spec.delta(logits, params), rtol=1e-6, atol=1e-12
+    )
+
+
+def test_nfl_detach_changes_the_gradient_but_not_the_value():
+    fn = get_loss("nfl").torch_loss
+    z = torch.tensor(np.random.default_rng(3).normal(size=(N, 10)), requires_grad=True)
+    t = torch.zeros(N, dtype=torch.long)
+    full, det = fn({"gamma": 2.0, "detach": 0.0})(z, t), fn({"gamma": 2.0, "detach": 1.0})(z, t)
+    torch.testing.assert_close(full, det)
+    g_full = torch.autograd.grad(full.sum(), z)[0]
+    g_det = torch.autograd.grad(det.sum(), z)[0]
+    assert (g_full - g_det).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("t1,t2", [(1.0, 1.0), (0.0, 5.0), (0.8, 2.0), (0.2, 1.0), (1.0, 3.0)])
+def test_bitemp_extremes(t1, t2):
+    spec = get_loss("bitemp")
+    params = resolve_params(spec, overrides={"t1": t1, "t2": t2})
+    logits = np.random.default_rng(11).normal(scale=3.0, size=(N, 100))
+    np.testing.assert_allclose(
+        autograd_delta(spec, params, logits), spec.delta(logits, params), rtol=1e-6, atol=1e-12
+    )
+
+
+def test_tempered_softmax_normalised_and_matches_numpy():
+    from calibrate_cli.losses.specs import tempered_softmax
+
+    a = np.random.default_rng(5).normal(scale=4.0, size=(32, 50))
+    for t in (1.0, 1.2, 2.0, 5.0):
+        p = torch.exp(torch_impl.tempered_log_softmax(torch.tensor(a), t)).numpy()
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(p, tempered_softmax(a, t), rtol=1e-10, atol=1e-15)
+
+
+def test_bitemp_at_t1_t2_one_is_cross_entropy():
+    z = torch.tensor(np.random.default_rng(2).normal(size=(N, 10)))
+    t = torch.arange(N) % 10
+    torch.testing.assert_close(torch_impl.bitemp(z, t, t1=1.0, t2=1.0), torch_impl.ce(z, t))
+
+
+def test_closed_forms_of_values():
+    """Loss values against the formulas written with plain softmax (moderate logits)."""
+    z = torch.tensor(np.random.default_rng(4).normal(size=(N, 10)))
+    t = torch.arange(N) % 10
+    p = torch.softmax(z, 1)[torch.arange(N), t]
+    close = torch.testing.assert_close
+    close(torch_impl.mae(z, t, scale=2.0), (torch.softmax(z, 1) - torch.nn.functional.one_hot(t, 10)).abs().sum(1))
+    close(torch_impl.gce(z, t, q=0.7), (1 - p ** 0.7) / 0.7)
+    close(torch_impl.agce(z, t, a=0.6, q=0.6), ((1.6) ** 0.6 - (0.6 + p) ** 0.6) / 0.6)
+    close(torch_impl.aul(z, t, a=5.5, q=3.0), ((5.5 - p) ** 3 - 4.5 ** 3) / 3)
+    close(torch_impl.ael(z, t, a=2.5), torch.exp(-p / 2.5))
+    close(torch_impl.rce(z, t, clamp=1e-4), -math.log(1e-4) * (1 - p))
+    logs = torch.log_softmax(z, 1)
+    close(torch_impl.nce(z, t), logs[torch.arange(N), t] / logs.sum(1))
+    fl = -(1 - logs.exp()) ** 0.5 * logs
+    close(torch_impl.nfl(z, t, gamma=0.5), fl[torch.arange(N), t] / fl.sum(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_stable_at_extreme_logits(name, dtype):
+    """Logits ±50: finite values and gradients; float64 still matches the kernel."""
+    spec = get_loss(name)
+    params = resolve_params(spec)
+    rng = np.random.default_rng(9)
+    for K in (2, 10):
+        logits = 50.0 * np.sign(rng.normal(size=(32, K)))
+        logits[0] = -50.0
+        logits[0, 0] = 50.0  # p = 1 to rounding
+        logits[1] = 50.0
+        logits[1, 0] = -50.0  # p ~ e^-100
+        got = autograd_delta(spec, params, logits, dtype=dtype)
+        assert np.all(np.isfinite(got)), name
+        if dtype == torch.float64:
+            expected = spec.delta(logits, params)
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_float32_and_bf16_autocast_agree_with_float64(name):
+    spec = get_loss(name)
+    params = resolve_params(spec)
+    fn = spec.torch_loss(params)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 16, generator=gen)
+    layer = torch.nn.Linear(16, 10)
+    t = torch.randint(0, 10, (N,), generator=gen)
+    with torch.no_grad():
+        ref = fn(layer(x).double(), t)
+        v32 = fn(layer(x), t)
+    assert v32.dtype == torch.float32
+    torch.testing.assert_close(v32.double(), ref, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(x)
+        assert logits.dtype == torch.bfloat16
+        v = fn(logits, t)
+    assert v.dtype == torch.float32 and torch.isfinite(v).all()
+    # bf16 logits carry about 3 digits; the loss follows the rounded logits.
+    torch.testing.assert_close(v, fn(logits.float(), t), rtol=1e-5, atol=1e-6)
+    v.mean().backward()
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+# ------------------------------------------------------------------ user losses
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    """A project directory as cwd; sys.path restored afterwards (module names are unique)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return tmp_path
+
+
+def write_module(directory, body):
+    name = f"userloss_{uuid.uuid4().hex[:12]}"
+    (directory / f"{name}.py").write_text("import torch\n" + textwrap.dedent(body))
+    return name
+
+
+HAND_CE = """
+def ce(logits, target):
+    logp = torch.log_softmax(logits, dim=1)
+    return -logp.gather(1, target.view(-1, 1)).squeeze(1)
+
+def ce_mean(logits, target):
+    return ce(logits, target).mean()
+
+def ce_sum(logits, target):
+    return ce(logits, target).sum()
+
+class CELoss(torch.nn.Module):
+    def forward(self, logits, target):
+        return torch.nn.functional.cross_entropy(logits, target, reduction="none")
+
+def mae_float32_only(logits, target):
+    w = torch.ones(logits.shape[1])  # float32: fails on float64 logits
+    p = torch.softmax(logits, 1) * w
+    return 2 * (1 - p.gather(1, target.view(-1, 1)).squeeze(1))
+"""
+
+
+@pytest.mark.parametrize("func", ["ce", "ce_mean", "ce_sum", "CELoss"])
+def test_user_loss_autograd_equals_registry_ce(user_dir, func):
+    mod = write_module(user_dir, HAND_CE)
+    spec = get_loss(f"{mod}:{func}")
+    assert spec.name == f"{mod}:{func}" and spec.params == () and not spec.sigma_only
+    ce = get_loss("ce")
+    rng = np.random.default_rng(21)
+    for K in (2, 10, 100):
+        logits = 2.0 * rng.normal(size=(N, K))
+        np.testing.assert_allclose(spec.delta(logits, {}), ce.delta(logits, {}), rtol=1e-10, atol=1e-14)
+        z = torch.tensor(logits)
+        t = torch.arange(N) % K
+        torch.testing.assert_close(spec.torch_loss({})(z, t), torch_impl.ce(z, t))
+
+
+def test_user_loss_from_file_path_and_float32_fallback(user_dir):
+    mod = write_module(user_dir, HAND_CE)
+    spec = user_loss(f"{mod}.py:mae_float32_only", classes=10)
+    logits = np.random.default_rng(22).normal(size=(N, 10))
+    expected = get_loss("mae").delta(logits, {"scale": 2.0})
+    np.testing.assert_allclose(spec.delta(logits, {}), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_user_loss_chunked(user_dir, monkeypatch):
+    from calibrate_cli.losses import user
+
+    monkeypatch.setattr(user, "CHUNK_ELEMENTS", 100)  # 10 rows per chunk at K = 10
+    mod = write_module(user_dir, HAND_CE)
+    logits = np.random.default_rng(23).normal(size=(95, 10))
+    for func in ("ce", "ce_mean"):
+        got = get_loss(f"{mod}:{func}").delta(logits, {})
+        np.testing.assert_allclose(got, get_loss("ce").delta(logits, {}), rtol=1e-10, atol=1e-14)
+
+
+BAD = """
+value = 3
+
+def boom(logits, target):
+    raise ValueError("bad\\nthings")
+
+def wrong_shape(logits, target):
+    return torch.log_softmax(logits, 1)
+
+def not_finite(logits, target):
+    return torch.log(torch.softmax(logits, 1)[:, 0] * 0)
+
+def not_tensor(logits, target):
+    return 1.0
+
+def detached(logits, target):
+    return torch.log_softmax(logits, 1).detach()[:, 0]
+
+def max_loss(logits, target):
+    return -torch.log_softmax(logits, 1).gather(1, target.view(-1, 1)).max()
+
+def overflows(logits, target):
+    p = torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    return -torch.log(p.gather(1, target.view(-1, 1)).squeeze(1))
+
+def batch_centred(logits, target):
+    v = -torch.log_softmax(logits, 1).gather(1, target.view(-1, 1)).squeeze(1)
+    return v - v.mean() + 1.0
+
+class NeedsArgs:
+    def __init__(self, k):
+        self.k = k
+"""
+
+
+@pytest.mark.parametrize(
+    "func,words",
+    [
+        ("boom", "raised ValueError: bad things"),
+        ("wrong_shape", "shape"),
+        ("not_finite", "non-finite"),
+        ("not_tensor", "returned float"),
+        ("detached", "not differentiable"),
+        ("max_loss", "neither the mean nor the sum"),
+        ("batch_centred", "must depend on its own logits only"),
+        ("missing", "has no attribute 'missing'"),
+        ("value", "is a int, not a function"),
+        ("NeedsArgs", "could not be created"),
+    ],
+)
+def test_user_loss_bad_function(user_dir, func, words):
+    mod = write_module(user_dir, BAD)
+    with pytest.raises(UsageError) as info:
+        spec = get_loss(f"{mod}:{func}")
+        spec.delta(np.zeros((3, 10)), {})
+    msg = str(info.value)
+    assert words in msg and "\n" not in msg
+    assert mod in msg
+
+
+def test_user_loss_nonfinite_gradient_at_extreme_logits(user_dir):
+    mod = write_module(user_dir, BAD)
+    spec = get_loss(f"{mod}:overflows")  # fine on the probe, overflows at logit 800
+    logits = np.zeros((4, 10))
+    assert np.all(np.isfinite(spec.delta(logits, {})))
+    logits[2, 3] = 800.0
+    with pytest.raises(UsageError, match="non-finite gradient at 1 of 4"):
+        spec.delta(logits, {})
+
+
+@pytest.mark.parametrize(
+    "ref,words",
+    [
+        ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
+        ("no_such_file_xyz.py:fn", "no such file"),
+        (":fn", "must be written package.module:function"),
+        ("module:", "must be written package.module:function"),
+    ],
+)
+def test_user_loss_bad_reference(user_dir, ref, words):
+    with pytest.raises(UsageError) as info:
+        user_loss(ref)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_user_module_failing_import(user_dir):
+    name = write_module(user_dir, "import not_installed_pkg_xyz\n")
+    with pytest.raises(UsageError, match="it imports 'not_installed_pkg_xyz'"):
+        user_loss(f"{name}:fn")
+    name = write_module(user_dir, "raise RuntimeError('broken at import')\n")
+    with pytest.raises(UsageError, match="RuntimeError: broken at import"):
+        user_loss(f"{name}:fn")
+    name = write_module(user_dir, "def f(:\n")
+    with pytest.raises(UsageError, match="SyntaxError"):
+        user_loss(f"{name}:f")
