@@ -63,11 +63,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..errors import UsageError
 
 KINDS = ("none", "symmetric", "asymmetric", "asymmetric-literature", "cifar100-block",
@@ -363,21 +363,14 @@ def summarize_noise(true: np.ndarray, noisy: np.ndarray, classes: int, *, spec: 
 def save_noisy_labels(path, result: NoiseResult) -> None:
     """Write ``labels``, ``hash``, ``spec``, ``seed`` and the rates to an .npz, atomically."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".noisy-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, labels=np.asarray(result.labels, dtype="<i8"),
-                                hash=np.array(result.hash), spec=np.array(result.spec),
-                                seed=np.array(-1 if result.seed is None else int(result.seed)),
-                                rate=np.array(result.rate),
-                                per_class_rate=np.asarray(result.per_class_rate, np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(fh):
+        np.savez_compressed(fh, labels=np.asarray(result.labels, dtype="<i8"),
+                            hash=np.array(result.hash), spec=np.array(result.spec),
+                            seed=np.array(-1 if result.seed is None else int(result.seed)),
+                            rate=np.array(result.rate),
+                            per_class_rate=np.asarray(result.per_class_rate, np.float64))
+
+    write_atomic(path, write)
 
 
 def load_noisy_labels(path) -> tuple[np.ndarray, str, str]:

@@ -1,0 +1,131 @@
+"""``calibrate plot``: the figures of the README (matplotlib, PNG/SVG/PDF by extension)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from . import common as c
+
+NAMES = ("delta-mae", "losses", "q-calibration", "epsilon-vs-k", "logit-histogram", "accuracy")
+
+HELP = """Draw one figure, or all of them.
+
+[bold]delta-mae[/]: MAE's <δ_k> against z_k for K = 10 and 100 over the histogram of initial logits. [bold]losses[/]: several losses at K = 10 and 1000, histogram shifted by ε. [bold]q-calibration[/]: GCE's q from 100 to 1000 classes. [bold]epsilon-vs-k[/]: ε against K per criterion. [bold]logit-histogram[/]: measured logits and their Gaussian fit (--logits FILE, or measure --model on --dataset). [bold]accuracy[/]: accuracy against epoch from a 'calibrate validate' folder (--validate DIR). [bold]all[/]: every figure as PNG into --out-dir (accuracy only with --validate).
+
+[bold]Examples[/]
+
+  calibrate plot delta-mae --out delta.svg
+
+  calibrate plot logit-histogram --logits logits.npz --out hist.png
+
+  calibrate plot all --out-dir docs/figures
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plot", help=HELP)(plot)
+
+
+def plot(
+    name: Annotated[str, typer.Argument(help=f"One of {', '.join(NAMES)}, or all.")],
+    out: Annotated[Optional[str], typer.Option(
+        "--out", "-o", help="Output file: .png, .svg or .pdf.")] = None,
+    out_dir: Annotated[Optional[str], typer.Option(
+        "--out-dir", help="Folder for 'all' (PNG files named after the figures).")] = None,
+    logit_std: c.LogitStd = c.DEFAULTS["logit_std"],
+    logits: c.Logits = None,
+    model: Annotated[str, typer.Option(
+        "--model", help="logit-histogram without --logits: the model to measure.")] = "mlp1024",
+    dataset: Annotated[str, typer.Option(
+        "--dataset", help="logit-histogram: inputs to measure with (glyphs: real embedded "
+                          "images; another name without --data-dir: Gaussian inputs of its "
+                          "shape).")] = "glyphs",
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder.")] = None,
+    classes: Annotated[int, typer.Option(
+        "--classes", "-k", help="logit-histogram: K of the measured model.")] = 10,
+    validate: Annotated[Optional[str], typer.Option(
+        "--validate", metavar="DIR", help="accuracy: output folder of 'calibrate validate'.")] = None,
+    dpi: Annotated[int, typer.Option("--dpi", help="Resolution of PNG output.")] = 120,
+) -> None:
+    from .. import plots as P
+
+    if name not in NAMES + ("all",):
+        raise UsageError(f"unknown figure '{name}' (one of {', '.join(NAMES)}, or all)")
+    if not 20 <= dpi <= 1200:
+        raise UsageError(f"--dpi must be in [20, 1200], got {dpi}")
+    if logits and not os.path.isfile(logits):
+        raise UsageError(f"logits file '{logits}' does not exist (expected .npy, .npz or .pt)")
+    if name == "all":
+        if out is not None:
+            raise UsageError("'plot all' writes several files: give --out-dir DIR, not --out")
+        folder = out_dir or os.path.join("docs", "figures")
+        os.makedirs(folder, exist_ok=True)
+        targets = [(n, os.path.join(folder, f"{n}.png")) for n in NAMES
+                   if n != "accuracy" or validate]
+    else:
+        if out is None:
+            raise UsageError(f"give --out FILE (.png, .svg or .pdf) for figure '{name}'")
+        if out_dir is not None:
+            raise UsageError("--out-dir is only for 'plot all'")
+        targets = [(name, out)]
+    for _, path in targets:
+        P.check_output(path)
+    if any(n == "accuracy" for n, _ in targets) and not validate:
+        raise UsageError("the accuracy figure needs --validate DIR (a 'calibrate validate' output)")
+    from ..logits import Gaussian
+
+    dist = Gaussian(0.0, logit_std)
+    for n, path in targets:
+        fig = _figure(P, n, dist, logits=logits, model=model, dataset=dataset,
+                      data_dir=data_dir, classes=classes, validate=validate)
+        P.save_figure(fig, path, dpi=dpi)
+        c.say(f"wrote {path}")
+
+
+def _figure(P, name, dist, *, logits, model, dataset, data_dir, classes, validate):
+    if name == "delta-mae":
+        return P.figure_delta_mae(dist)
+    if name == "losses":
+        return P.figure_losses(dist)
+    if name == "q-calibration":
+        return P.figure_q_calibration(dist)
+    if name == "epsilon-vs-k":
+        return P.figure_epsilon_vs_k(dist)
+    if name == "logit-histogram":
+        if logits:
+            from ..logits import load_logits
+
+            emp = load_logits(logits)
+            arr = _raw_logits(logits)
+            return P.figure_logit_histogram(arr if arr is not None else emp.values[None, :],
+                                            title=f"logits from {os.path.basename(logits)}")
+        from ..measure import measure_logits
+
+        m = measure_logits(model, classes, dataset=dataset, data_dir=data_dir, batches=2)
+        inputs = (f"real {dataset} images" if m.stats["inputs"].startswith("real")
+                  else "Gaussian inputs")
+        return P.figure_logit_histogram(
+            m.logits, title=f"{model} at initialisation, K = {classes}, {inputs}")
+    return P.figure_accuracy(P.read_validate(validate))
+
+
+def _raw_logits(path):
+    """The [N, K] array of a logits file (for per-row statistics), or None if flat."""
+    import numpy as np
+
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            a = np.load(path, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                a = f["logits"] if "logits" in f.files else f[f.files[0]]
+        else:
+            return None
+    except Exception:
+        return None
+    return np.asarray(a, dtype=float) if np.ndim(a) == 2 else None

@@ -1,0 +1,77 @@
+"""``calibrate tables``: regenerate the committed tables/ (CSV, JSON, Markdown)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+
+HELP = """Compute the tables of ε and recalibrated hyperparameters and write them to --out-dir.
+
+Tables: [bold]epsilon[/] (every bounded loss, criteria match and peak, K from 2 to 10^6, logit std 0.05 to 2), [bold]q[/] (GCE's q from K = 100, q = 0.7 to every K), [bold]transfer[/] (NCE+AGCE and NF-MAE parameters from their CIFAR-100 presets), [bold]presets[/] (literature presets beside the computed values at K = 10, 50, 100, 1000). Each as <name>.csv, <name>.json and <name>.md, with a header saying how it was made; tables/README.md indexes them. Monte Carlo losses use a coarser grid (see the headers). Takes a few minutes.
+
+[bold]Examples[/]
+
+  calibrate tables
+
+  calibrate tables --only q --out-dir /tmp/tables --jobs 2
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tables", help=HELP)(tables)
+
+
+def tables(
+    out_dir: Annotated[str, typer.Option("--out-dir", "-o", help="Folder to write to.")] = "tables",
+    only: Annotated[Optional[list[str]], typer.Option(
+        "--only", help="Compute only this table (repeatable): epsilon, q, transfer, presets.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="A few rows per table (checks the pipeline; not for committing).")] = False,
+) -> None:
+    from .. import tables as T
+
+    names = list(dict.fromkeys(only or T.TABLE_NAMES))
+    bad = [n for n in names if n not in T.TABLE_NAMES]
+    if bad:
+        raise UsageError(f"--only must be one of {', '.join(T.TABLE_NAMES)}, got '{bad[0]}'")
+    if not 1 <= jobs <= (os.cpu_count() or 1) * 4:
+        raise UsageError(f"--jobs must be in [1, {(os.cpu_count() or 1) * 4}], got {jobs}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out-dir '{out_dir}' exists and is not a folder")
+    os.makedirs(out_dir, exist_ok=True)
+
+    done = {"n": 0}
+
+    tty = sys.stderr.isatty()
+
+    def progress(name, n):
+        done["n"] += n
+        if tty:
+            sys.stderr.write(f"\r{name}: {done['n']} rows")
+            sys.stderr.flush()
+
+    import numpy as np
+
+    built = []
+    t0 = time.perf_counter()
+    for name in names:
+        done["n"] = 0
+        with np.errstate(all="ignore"):
+            table = T.build_table(name, quick=quick, jobs=jobs, progress=progress)
+        paths = T.write_table(table, out_dir)
+        failed = sum(1 for r in table.rows if r["status"].startswith("no solution"))
+        unsure = sum(1 for r in table.rows if r["status"].startswith("uncertain"))
+        sys.stderr.write(f"\r{name}: {len(table.rows)} rows ({failed} without solution, "
+                         f"{unsure} uncertain) in "
+                         f"{table.header['seconds']:.1f} s -> {', '.join(paths)}\n")
+        built.append(table)
+    if set(names) == set(T.TABLE_NAMES):
+        T.write_index(built, out_dir)
+    sys.stderr.write(f"done in {time.perf_counter() - t0:.1f} s\n")

@@ -1,0 +1,361 @@
+r"""``calibrate validate``: a grid of losses × noise levels × seeds, and its table.
+
+Labels in ``--losses`` (comma separated):
+
+``NAME``
+    the loss with its defaults (``--preset``/``--set`` of the grid apply when the
+    loss has the parameters);
+``NAME*``
+    the loss with ``--logit-bias auto`` (``mae*`` is the paper's MAE*);
+``NAME@calibrated``
+    the loss with its q recalibrated from K = 100 at its current value (GCE:
+    q = 0.7, the CIFAR-100 value) to the dataset's K (``--calibrate q
+    --calibrate-from 100``); ``NAME@calibrated:P:K`` names another parameter P and
+    reference class count K;
+``NAME@P=V``
+    the loss with parameter P set to V (e.g. ``gce@q=0.5``).
+
+Noise levels (``--noise``, comma separated): a bare rate R means ``symmetric:R``;
+any spec of ``calibrate train --noise`` is accepted.
+
+Every run is a ``calibrate train`` run in ``OUT/runs/<label>/<noise>/seed-<s>/``.
+A run whose ``metrics.json`` says ``complete`` with the planned epochs is
+skipped; a run with a checkpoint is resumed. The dataset is loaded once.
+
+Results (``OUT/results.{json,csv,md}``, ``OUT/accuracy.png``): per label and
+noise level, the mean and the sample standard deviation (ddof = 1; 0 for one
+seed) over seeds of the last-epoch and of the best-epoch test top-1 accuracy.
+Last-epoch accuracy is the literature's convention (APL, ALFs, ANL); best-epoch
+accuracy peeks at the test set and is shown for comparison only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+
+from .._version import __version__
+from ..errors import UsageError
+from .config import TrainConfig, changed_result_fields, resolve_config, slugify
+
+RESULTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LossVariant:
+    """One entry of ``--losses``: a label and the settings it changes."""
+
+    label: str
+    loss: str
+    logit_bias: str = "0"
+    calibrate: str | None = None
+    calibrate_from: int | None = None
+    params: tuple = ()
+
+
+def parse_losses(text: str) -> list[LossVariant]:
+    """Parse ``ce,mae,mae*,gce,gce@calibrated,gce@q=0.5`` (see the module docstring)."""
+    from ..losses import get_loss
+
+    out: list[LossVariant] = []
+    for raw in [t.strip() for t in str(text).split(",")]:
+        if not raw:
+            continue
+        label, rest = raw, None
+        name = raw
+        if "@" in raw:
+            name, _, rest = raw.partition("@")
+        star = name.endswith("*")
+        if star:
+            name = name[:-1]
+        spec = get_loss(name)  # UsageError for an unknown loss
+        kw: dict = {"logit_bias": "auto" if star else "0"}
+        if rest is not None:
+            m = re.fullmatch(r"calibrated(?::([A-Za-z_]\w*):(\d+))?", rest)
+            a = re.fullmatch(r"([A-Za-z_]\w*)=(.+)", rest)
+            if m:
+                param = m.group(1) or "q"
+                spec.param(param)
+                kw["calibrate"], kw["calibrate_from"] = param, int(m.group(2) or 100)
+            elif a:
+                spec.param(a.group(1))
+                try:
+                    kw["params"] = ((a.group(1), float(a.group(2))),)
+                except ValueError:
+                    raise UsageError(f"--losses {raw}: '{a.group(2)}' is not a number") from None
+            else:
+                raise UsageError(f"--losses {raw}: after '@' expected 'calibrated', "
+                                 "'calibrated:PARAM:K' or 'PARAM=VALUE'")
+        if any(v.label == label for v in out):
+            raise UsageError(f"--losses: '{label}' is listed twice")
+        out.append(LossVariant(label=label, loss=spec.name, **kw))
+    if not out:
+        raise UsageError("--losses: give at least one loss (e.g. ce,mae,mae*)")
+    return out
+
+
+def parse_noise_list(text: str) -> list[str]:
+    """``0,0.4`` -> ``["none", "symmetric:0.4"]``; other specs pass through (checked)."""
+    from .noise import canonical_spec, parse_noise
+
+    out = []
+    for raw in [t.strip() for t in str(text).split(",") if t.strip()]:
+        kind, arg = parse_noise(raw)
+        spec = "none" if kind != "matrix" and (kind == "none" or float(arg) == 0) else \
+            canonical_spec(kind, arg)
+        if spec in out:
+            raise UsageError(f"--noise: '{raw}' is listed twice")
+        out.append(spec)
+    if not out:
+        raise UsageError("--noise: give at least one noise level (e.g. 0,0.4)")
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` or a range ``0-4``."""
+    seeds: list[int] = []
+    for raw in [t.strip() for t in str(text).split(",") if t.strip()]:
+        m = re.fullmatch(r"(\d+)-(\d+)", raw)
+        try:
+            vals = list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(raw)]
+        except ValueError:
+            raise UsageError(f"--seeds: '{raw}' is not a non-negative integer or range a-b") from None
+        for v in vals:
+            if v < 0:
+                raise UsageError(f"--seeds must be >= 0, got {v}")
+            if v not in seeds:
+                seeds.append(v)
+    if not seeds:
+        raise UsageError("--seeds: give at least one seed (e.g. 0,1,2)")
+    return seeds
+
+
+def noise_slug(spec: str) -> str:
+    return slugify(spec.replace(":", "-")) if spec != "none" else "noise-0"
+
+
+def run_config(base: dict, variant: LossVariant, noise: str, seed: int, out: str) -> TrainConfig:
+    """The TrainConfig of one grid cell: the grid's settings plus the variant's."""
+    values = dict(base)
+    params = dict(values.get("loss_params") or {})
+    from ..losses import get_loss
+
+    spec = get_loss(variant.loss)
+    params = {k: v for k, v in params.items() if k in spec.param_names}
+    params.update(dict(variant.params))
+    preset = values.get("loss_preset")
+    if preset and preset.strip().lower() not in spec.presets:
+        preset = None
+    values.update(loss=variant.loss, loss_params=params, loss_preset=preset,
+                  logit_bias=variant.logit_bias, calibrate=variant.calibrate,
+                  calibrate_from=variant.calibrate_from, noise=noise, seed=seed, out=out)
+    return resolve_config(cli_values=values)
+
+
+def run_dir(out: str, variant: LossVariant, noise: str, seed: int) -> str:
+    return os.path.join(out, "runs", slugify(variant.label), noise_slug(noise), f"seed-{seed}")
+
+
+def _read_metrics(path: str) -> dict | None:
+    try:
+        with open(os.path.join(path, "metrics.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: list[int],
+             out: str, *, progress: bool = True, command: str | None = None,
+             log=print, bundle=None) -> dict:
+    """Train every cell not yet complete, then write and return the results."""
+    from .loop import CHECKPOINT, train, write_json
+
+    os.makedirs(out, exist_ok=True)
+    cells = [(v, n, s) for v in variants for n in noises for s in seeds]
+    configs = [run_config(base, v, n, s, run_dir(out, v, n, s)) for v, n, s in cells]
+    first = configs[0]
+    if bundle is None:
+        todo = [c for c in configs if not _complete(c)]
+        if todo:
+            from .data import load_dataset
+
+            bundle = load_dataset(first.dataset, first.data_dir, classes=first.classes,
+                                  train_per_class=first.train_samples_per_class,
+                                  test_per_class=first.test_samples_per_class,
+                                  image_size=first.image_size, seed=first.data_seed)
+    grid = {"dataset": first.dataset, "classes": first.classes, "model": first.model,
+            "epochs": first.epochs, "losses": [v.label for v in variants], "noise": noises,
+            "seeds": seeds, "train_per_class": first.train_samples_per_class,
+            "test_per_class": first.test_samples_per_class, "batch_size": first.batch_size,
+            "lr": first.lr, "optimizer": first.optimizer}
+    write_json(os.path.join(out, "grid.json"), {"version": __version__, "command": command,
+                                                "grid": grid, "base": base})
+    for i, ((v, n, s), cfg) in enumerate(zip(cells, configs), 1):
+        tag = f"[{i}/{len(cells)}] {v.label}, noise {n}, seed {s}"
+        if _complete(cfg):
+            log(f"{tag}: complete, skipped")
+            continue
+        resume = os.path.isfile(os.path.join(cfg.out, CHECKPOINT))
+        log(f"{tag}: {'resuming' if resume else 'training'} in {cfg.out}")
+        train(cfg, resume=resume, bundle=bundle, progress=progress, command=command)
+    results = collect_results(out, cells, configs, grid, command)
+    write_results(out, results)
+    return results
+
+
+def _complete(cfg: TrainConfig) -> bool:
+    """Whether the run in ``cfg.out`` is done; UsageError if it was made with other settings."""
+    m = _read_metrics(cfg.out)
+    if not m:
+        return False
+    try:
+        with open(os.path.join(cfg.out, "config.json"), encoding="utf-8") as fh:
+            old = json.load(fh).get("config", {})
+    except (OSError, ValueError):
+        old = {}
+    changed = changed_result_fields(old, cfg)
+    if changed:
+        raise UsageError(f"'{cfg.out}' holds a run made with other settings ({', '.join(changed)}); "
+                         "give the grid another --out or remove that folder")
+    return m.get("status") == "complete" and m.get("epochs_done") == cfg.epochs
+
+
+def collect_results(out, cells, configs, grid, command) -> dict:
+    runs = []
+    for (v, n, s), cfg in zip(cells, configs):
+        m = _read_metrics(cfg.out) or {}
+        hist = m.get("epochs", [])
+        derived = m.get("derived") or {}
+        top1 = [r["test_top1"] for r in hist]
+        runs.append({
+            "id": f"{slugify(v.label)}/{noise_slug(n)}/seed-{s}", "label": v.label,
+            "loss": v.loss, "params": derived.get("params", {}),
+            "logit_bias": derived.get("epsilon", 0.0), "logit_std": derived.get("logit_std"),
+            "noise": n, "noise_rate": (m.get("noise") or {}).get("rate"), "seed": s,
+            "status": m.get("status", "missing"), "dir": os.path.relpath(cfg.out, out),
+            "epochs": [r["epoch"] for r in hist], "test_top1": top1,
+            "train_acc_clean": [r["train_acc_clean"] for r in hist],
+            "last_top1": top1[-1] if top1 else None, "best_top1": max(top1) if top1 else None,
+        })
+    summary = []
+    for label in grid["losses"]:
+        for n in grid["noise"]:
+            done = [r for r in runs if r["label"] == label and r["noise"] == n
+                    and r["status"] == "complete"]
+            last = [r["last_top1"] for r in done]
+            best = [r["best_top1"] for r in done]
+            summary.append({"label": label, "noise": n, "n": len(done),
+                            "last_mean": _mean(last), "last_std": _std(last),
+                            "best_mean": _mean(best), "best_std": _std(best)})
+    return {"version": __version__, "command": command, "grid": grid, "runs": runs,
+            "summary": summary}
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def _std(xs):
+    if not xs:
+        return None
+    if len(xs) == 1:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _zero(x: float) -> float:
+    return 0.0 if abs(x) < 5e-4 else x
+
+
+def _pct(m, s):
+    return "–" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def markdown_table(results: dict) -> str:
+    """Rows: losses; columns: noise levels; cells: last-epoch (best-epoch) top-1, mean ± std."""
+    g = results["grid"]
+    by = {(r["label"], r["noise"]): r for r in results["summary"]}
+    eps, cal = {}, {}
+    for r in results["runs"]:
+        if r["status"] == "complete":
+            eps.setdefault(r["label"], []).append(r["logit_bias"] or 0.0)
+            for k, v in (r["params"] or {}).items():
+                cal.setdefault(r["label"], {}).setdefault(k, []).append(v)
+    lines = [f"Test top-1 accuracy (%), mean ± std over seeds {', '.join(map(str, g['seeds']))}: "
+             f"last epoch (best epoch). {g['dataset']}, K = {g['classes'] or 'dataset'}, "
+             f"{g['model']}, {g['epochs']} epochs.", ""]
+    head = ["loss", "ε (mean)", "parameters (mean)"] + [f"noise {n}" for n in g["noise"]]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for label in g["losses"]:
+        e = eps.get(label)
+        ps = cal.get(label, {})
+        cells = [label, f"{_zero(sum(e) / len(e)):.3f}" if e else "–",
+                 ", ".join(f"{k}={sum(v) / len(v):.4g}" for k, v in ps.items()) or "–"]
+        for n in g["noise"]:
+            s = by[(label, n)]
+            cells.append(f"{_pct(s['last_mean'], s['last_std'])} "
+                         f"({_pct(s['best_mean'], s['best_std'])}) n={s['n']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: str, results: dict) -> None:
+    from .loop import write_atomic, write_json
+
+    write_json(os.path.join(out, "results.json"), results)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["label", "noise", "n", "last_mean", "last_std", "best_mean", "best_std"])
+    for s in results["summary"]:
+        w.writerow([s["label"], s["noise"], s["n"]] +
+                   ["" if s[k] is None else f"{s[k]:.6g}"
+                    for k in ("last_mean", "last_std", "best_mean", "best_std")])
+    write_atomic(os.path.join(out, "results.csv"), buf.getvalue())
+    write_atomic(os.path.join(out, "results.md"), markdown_table(results))
+    plot_results(results, os.path.join(out, "accuracy.png"))
+
+
+def plot_results(results: dict, path: str) -> None:
+    """accuracy.png through calibrate_cli.plots.plot_accuracy, or a minimal fallback."""
+    try:
+        from ..plots import plot_accuracy
+    except ImportError:
+        plot_accuracy = _plot_accuracy_fallback
+    plot_accuracy(results, path)
+
+
+def _plot_accuracy_fallback(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .loop import write_atomic
+
+    noises = results["grid"]["noise"]
+    fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 4), squeeze=False)
+    colors = {}
+    for r in results["runs"]:
+        if not r["epochs"]:
+            continue
+        ax = axes[0][noises.index(r["noise"])]
+        c = colors.setdefault(r["label"], f"C{len(colors) % 10}")
+        ax.plot(r["epochs"], [100 * a for a in r["test_top1"]], color=c, alpha=0.8,
+                label=r["label"] if r["seed"] == results["grid"]["seeds"][0] else None)
+    for ax, n in zip(axes[0], noises):
+        ax.set_title(f"noise {n}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
