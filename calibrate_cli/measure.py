@@ -171,12 +171,9 @@ def _check_shape(shape) -> tuple[int, int, int]:
 
 
 def _normalise_key(dataset: str) -> str:
-    key = str(dataset).strip().lower().replace("_", "-")
-    key = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fmnist": "fashion-mnist",
-           "fashionmnist": "fashion-mnist"}.get(key, key)
-    if key not in DATASET_SHAPES:
-        raise UsageError(f"unknown dataset '{dataset}' (known: {', '.join(DATASET_SHAPES)})")
-    return key
+    from .train.config import dataset_key
+
+    return dataset_key(dataset)
 
 
 class _Inputs:

@@ -154,3 +154,53 @@ def test_cli_bad_input(args, pattern):
     assert r.exit_code == 2, r.stdout
     err = r.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and pattern in err, err
+
+
+def test_every_dataset_has_an_input_shape_and_aliases_resolve():
+    from calibrate_cli.measure import DATASET_SHAPES, _normalise_key
+    from calibrate_cli.train.config import DATASETS
+
+    assert set(DATASET_SHAPES) == set(DATASETS)
+    assert _normalise_key("CIFAR_100") == "cifar100"
+    assert _normalise_key("fmnist") == "fashion-mnist"
+
+
+def _linear_model(a: float, beta: float, bias):
+    """z = W x + b on 1×8×8 inputs with w_k = a e_k + beta e_K: known output distribution."""
+    def create(name, *, num_classes, in_channels, image_size, seed=0, **kw):
+        k, d = num_classes, in_channels * image_size * image_size
+        lin = torch.nn.Linear(d, k)
+        with torch.no_grad():
+            w = torch.zeros(k, d)
+            w[torch.arange(k), torch.arange(k)] = a
+            w[:, k] = beta
+            lin.weight.copy_(w)
+            lin.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        return torch.nn.Sequential(torch.nn.Flatten(), lin)
+    return create
+
+
+def test_statistics_of_a_model_with_known_output_distribution(monkeypatch):
+    """On N(0, I) inputs, c_k = z_k - z̄ = a (x_k - x̄_{<K}) + (b_k - b̄): Gaussian with
+    std² = a²(1 - 1/K) + var(b); the per-input mean z̄ = a x̄_{<K} + beta x_K + b̄ has std
+    sqrt(a²/K + beta²); the per-class means are b_k up to sampling error."""
+    import calibrate_cli.train.models as models
+
+    k, a, beta = 8, 0.7, 0.3
+    monkeypatch.setattr(models, "create_model", _linear_model(a, beta, np.zeros(k)))
+    m = measure_logits("mlp8x1", k, seeds=(0, 1), device="cpu", input_shape=(1, 8, 8),
+                       batches=8, batch_size=256)
+    s = m.stats
+    n = m.logits.size
+    assert s["std"] == pytest.approx(a * np.sqrt(1 - 1 / k), rel=4 / np.sqrt(n))
+    assert s["input_spread"] == pytest.approx(np.sqrt(a * a / k + beta * beta), rel=0.05)
+    assert abs(s["skewness"]) < 4 * np.sqrt(6 / n) and abs(s["excess_kurtosis"]) < 4 * np.sqrt(24 / n)
+    assert s["ks_distance"] < 1.6 / np.sqrt(n / k)  # rows are dependent: K values share x̄
+    assert s["class_spread"] < 4 * a / np.sqrt(m.logits.shape[0])
+
+    bias = np.linspace(-1.0, 1.0, k)
+    monkeypatch.setattr(models, "create_model", _linear_model(a, beta, bias))
+    m = measure_logits("mlp8x1", k, seeds=(0,), device="cpu", input_shape=(1, 8, 8),
+                       batches=8, batch_size=256)
+    assert m.stats["class_spread"] == pytest.approx(bias.std(), rel=0.05)
+    assert m.stats["std"] == pytest.approx(np.sqrt(a * a * (1 - 1 / k) + bias.var()), rel=0.03)

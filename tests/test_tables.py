@@ -176,3 +176,12 @@ def test_cli_quick_writes_atomically(tmp_path):
     assert again["value"] == pytest.approx(t.rows[1]["value"], rel=1e-9)
     r = CliRunner().invoke(app, ["tables", "--only", "nope", "--out-dir", str(tmp_path)])
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "--only" in r.stderr
+
+
+def test_cli_out_dir_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    app = build_app("tables")
+    r = CliRunner().invoke(app, ["tables", "--quick", "--only", "q", "--out-dir", str(blocker / "sub")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --out-dir") and "\n" not in r.stderr.strip()
+    assert blocker.read_text() == "keep"

@@ -45,7 +45,12 @@ def tables(
         raise UsageError(f"--jobs must be in [1, {(os.cpu_count() or 1) * 4}], got {jobs}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--out-dir '{out_dir}' exists and is not a folder")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out-dir '{out_dir}' cannot be created: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UsageError(f"--out-dir '{out_dir}' is not writable")
 
     done = {"n": 0}
 

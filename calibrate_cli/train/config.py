@@ -26,6 +26,9 @@ from ..errors import UsageError
 #: Datasets ``load_dataset`` knows (kept in step with calibrate_cli/train/data.py).
 DATASETS = ("glyphs", "cifar10", "cifar100", "fashion-mnist", "imagefolder", "webvision",
             "webvision-mini", "ilsvrc12-val")
+#: Other spellings users type for a dataset.
+DATASET_ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fmnist": "fashion-mnist",
+                   "fashionmnist": "fashion-mnist"}
 #: Datasets with no files to read: everything else needs ``--data-dir``.
 EMBEDDED = ("glyphs",)
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -205,12 +208,17 @@ def resolve_config(*, file_values: Mapping[str, Any] | None = None,
     return validate_config(cfg)
 
 
-def check_dataset(name: Any) -> str:
+def dataset_key(name: Any) -> str:
+    """The canonical name of a dataset (aliases resolved); UsageError listing the known ones."""
     key = str(name).strip().lower().replace("_", "-")
-    key = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fmnist": "fashion-mnist",
-           "fashionmnist": "fashion-mnist"}.get(key, key)
+    key = DATASET_ALIASES.get(key, key)
     if key not in DATASETS:
         raise UsageError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+    return key
+
+
+def check_dataset(name: Any) -> str:
+    key = dataset_key(name)
     if key == "ilsvrc12-val":
         raise UsageError("ilsvrc12-val is an evaluation set only: train on webvision or "
                          "webvision-mini and pass --imagenet-val-dir")

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
-from .config import DATASETS
+from .config import DATASETS, dataset_key
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -497,11 +497,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, classes: int | None 
     crop (default 224); CIFAR and Fashion-MNIST accept only their own size.
     ``seed``: the glyph draws and the per-class subsets.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    key = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fmnist": "fashion-mnist",
-           "fashionmnist": "fashion-mnist"}.get(key, key)
-    if key not in DATASETS:
-        raise UsageError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+    key = dataset_key(name)
     if classes is not None and int(classes) < 2:
         raise UsageError(f"--classes must be >= 2, got {classes}")
     if key == "glyphs":
