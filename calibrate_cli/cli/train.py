@@ -88,7 +88,7 @@ def train(
     grad_clip: Annotated[Optional[float], _opt("--grad-clip", panel=OPT, help="Clip the gradient 2-norm to this (0: off).")] = None,
     seed: Annotated[Optional[int], _opt("--seed", panel=RUN, help="Seed of the model, the batch order and (by default) the noise.")] = None,
     device: Annotated[Optional[str], _opt("--device", panel=RUN, help="auto (cuda, mps, cpu), cuda, mps or cpu.")] = None,
-    precision: Annotated[Optional[str], _opt("--precision", panel=RUN, help="auto (bf16 on CUDA, else fp32), fp32, bf16, fp16.")] = None,
+    precision: Annotated[Optional[str], _opt("--precision", panel=RUN, help="auto (bf16 on CUDA, else fp32), fp32, bf16 (CUDA or CPU), fp16 (CUDA).")] = None,
     compile_: Annotated[Optional[bool], _opt("--compile/--no-compile", panel=RUN, help="torch.compile the model.")] = None,
     threads: Annotated[Optional[int], _opt("--threads", panel=RUN, help="CPU threads of torch (default: torch's choice; 1 helps on a busy machine).")] = None,
     eval_batch_size: Annotated[Optional[int], _opt("--eval-batch-size", panel=RUN, help="Batch size of evaluation.")] = None,

@@ -175,8 +175,11 @@ def pick_precision(name: str, device: torch.device) -> str:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return "bf16"
         return "fp32"
-    if name in ("bf16", "fp16") and device.type != "cuda":
-        raise UsageError(f"--precision {name} needs a CUDA device (this run uses {device.type}); "
+    if name == "fp16" and device.type != "cuda":
+        raise UsageError(f"--precision fp16 needs a CUDA device (this run uses {device.type}); "
+                         "use --precision bf16, fp32 or auto")
+    if name == "bf16" and device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--precision bf16 runs on CUDA or CPU, not {device.type}; "
                          "use --precision fp32 or auto")
     return name
 
