@@ -53,7 +53,7 @@ import numpy as np
 
 from .errors import UsageError
 from .logits import LogitDistribution
-from .losses.registry import LossSpec, Term
+from .losses.registry import LossSpec, Term, lse_and_sum
 
 TALBOT_ORDER = 24
 V_STEP = 0.125
@@ -287,11 +287,8 @@ class Averager:
             out = (self._per_sample(term, classes, zk + h, False)
                    - self._per_sample(term, classes, zk - h, False)) / (2 * h)
         elif term.loss.mc_reduce is not None:
-            skey = (term.loss.name, classes)
-            if skey not in self._stats_cache:
-                self._stats_cache[skey] = np.concatenate(
-                    [term.loss.mc_reduce(c) for c in self._chunks(classes)])
-            out = term.loss.mc_delta(zk, self._stats_cache[skey], classes, term.params)
+            stats = self._reduced(classes, term.loss.mc_reduce)
+            out = term.loss.mc_delta(zk, stats, classes, term.params)
         else:
             parts = []
             for c in self._chunks(classes):
@@ -305,18 +302,37 @@ class Averager:
         self._mc_cache[key] = out
         return out
 
+    def _reduce_pass(self, classes: int, reducers) -> None:
+        """Apply every reducer not yet cached to the common draws, in one pass over them
+        (drawing K - 1 logits per sample costs more than any reduction)."""
+        todo = [f for f in dict.fromkeys(reducers) if (f, classes) not in self._stats_cache]
+        if not todo:
+            return
+        parts: dict = {f: [] for f in todo}
+        for c in self._chunks(classes):
+            for f in todo:
+                parts[f].append(f(c))
+        for f in todo:
+            self._stats_cache[(f, classes)] = np.concatenate(parts[f])
+
+    def _reduced(self, classes: int, reducer) -> np.ndarray:
+        """``reducer(draws)`` per sample, cached per (reducer, K)."""
+        self._reduce_pass(classes, [reducer])
+        return self._stats_cache[(reducer, classes)]
+
     def _control_variates(self, classes: int) -> np.ndarray:
         """Per draw: Σ_j e^{z_j}/(n m) - 1 and Σ_j z_j / n, whose means are exactly 0."""
         if classes not in self._cv_cache:
             n = classes - 1
             m = self.dist.exp_moment_exact()
-            parts = [np.stack([np.exp(c).sum(axis=1) / (n * m) - 1.0, c.sum(axis=1) / n], axis=1)
-                     for c in self._chunks(classes)]
-            self._cv_cache[classes] = np.concatenate(parts)
+            s = self._reduced(classes, lse_and_sum)
+            self._cv_cache[classes] = np.stack([np.exp(s[:, 0]) / (n * m) - 1.0, s[:, 1] / n], axis=1)
         return self._cv_cache[classes]
 
     def _monte_carlo(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
         """Sample mean with control variates: δ_i - β·X_i, β fitted by least squares."""
+        self._reduce_pass(classes, [lse_and_sum] + [t.loss.mc_reduce for t in terms
+                                                    if t.loss.mc_reduce is not None])
         X = self._control_variates(classes)
         Xc = X - X.mean(axis=0)
         mean = np.empty_like(z)

@@ -203,8 +203,9 @@ def epsilon_rows(quick: bool = False) -> list[dict]:
         exact = spec.sigma_only
         if quick and not exact and spec.name not in ("nce-mae",):
             continue
-        ks = grid if exact else ([2, 10] if quick else list(MC_CLASSES))
-        stds = (0.5,) if quick else (STDS if exact else MC_STDS)
+        full = exact or spec.reducible  # NCE and its combinations: draws made once per K
+        ks = grid if full else ([2, 10] if quick else list(MC_CLASSES))
+        stds = (0.5,) if quick else (STDS if full else MC_STDS)
         params = format_params(resolve_params(spec))
         for crit in CRITERIA:
             for std in stds:
@@ -319,9 +320,11 @@ def _header(name: str, quick: bool, seconds: float) -> dict:
             criterion=(f"match (K_ref = {REFERENCE_CLASSES}, root below the peak of <δ_k>(z)) and "
                        "peak (extremum of <δ_k>(z) at μ); target needs a user value"),
             distribution=f"Gaussian N(0, std²), std in {list(STDS)}",
-            grid=(f"exact losses: {len(grid)} K from 2 to 10^6 (log grid) × std {list(STDS)}; "
-                  f"Monte Carlo losses: K in {list(MC_CLASSES)} × std {list(MC_STDS)}, "
-                  f"{MC_SAMPLES} samples, seed {MC_SEED} (cost grows like K)"),
+            grid=(f"exact losses and NCE with its combinations (Monte Carlo over {MC_SAMPLES} "
+                  f"draws per K, seed {MC_SEED}, each draw reduced to ln Σ e^z and Σ z): {len(grid)} K "
+                  f"from 2 to 10^6 (log grid) × std {list(STDS)}; other Monte Carlo losses (NFL, "
+                  f"biTemp and their combinations, whose cost per evaluation grows like K): K in "
+                  f"{list(MC_CLASSES)} × std {list(MC_STDS)}, {MC_SAMPLES} samples, seed {MC_SEED}"),
             parameters="registry defaults of each loss (column params)")
     elif name == "q":
         common.update(criterion=(f"<δ_k>_(K, q)(μ) = <δ_k>_(K={Q_FROM[0]}, q={Q_FROM[1]})(μ)"),
@@ -364,10 +367,19 @@ def _run_group(args):
     return [KERNELS[name](r, avs) for r in rows]
 
 
+def _share_draws(loss: str) -> str:
+    """Group key part: losses whose Monte Carlo draws reduce to the same statistics share one
+    Averager (and so one set of draws per K); every other loss gets its own group."""
+    from .losses import get_loss
+
+    spec = get_loss(loss)
+    return "reducible" if not spec.sigma_only and spec.reducible else loss
+
+
 def _run(name, inputs, jobs, progress):
     groups: dict = {}
     for i, r in enumerate(inputs):
-        groups.setdefault((_group_key(r), r["loss"]), []).append((i, r))
+        groups.setdefault((_group_key(r), _share_draws(r["loss"])), []).append((i, r))
     work = [(name, [r for _, r in g]) for g in groups.values()]
     order = [[i for i, _ in g] for g in groups.values()]
     # the costly groups first, so that the pool stays busy

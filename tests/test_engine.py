@@ -313,3 +313,26 @@ def test_bad_inputs_raise_usage_errors():
 def test_api_doc_examples():
     assert round(api.epsilon(1000).epsilon, 4) == 4.7342
     assert round(api.q(100, 1000).value, 4) == 0.4716
+
+
+def test_reducible_losses_and_one_pass_over_the_draws(monkeypatch):
+    """NCE and its combinations reduce each draw to (ln Σ e^z, Σ z): the draws are made once per
+    K, for the control variates and NCE together; NFL and biTemp are not reducible."""
+    from calibrate_cli.average import Averager
+    from calibrate_cli.losses import get_loss, resolve_params
+
+    assert all(get_loss(n).reducible for n in ("ce", "mae", "nce", "nce-agce", "nce-mae", "nce-rce"))
+    assert not any(get_loss(n).reducible for n in ("nfl", "nf-mae", "bitemp"))
+    av = Averager(Gaussian(0.0, 0.5), samples=256, seed=1)
+    calls = []
+    chunks = av._chunks
+    monkeypatch.setattr(av, "_chunks", lambda k: (calls.append(k), chunks(k))[1])
+    spec = get_loss("nce-agce")
+    params = resolve_params(spec, "cifar100")
+    a = av.mean_delta(spec, params, 5000, [0.0, 3.0]).value
+    b = av.mean_delta(spec, params, 5000, [1.0]).value
+    assert calls == [5000]
+    # the cached statistics give what a fresh averager (separate passes) gives
+    fresh = Averager(Gaussian(0.0, 0.5), samples=256, seed=1)
+    np.testing.assert_allclose(fresh.mean_delta(spec, params, 5000, [0.0, 3.0, 1.0]).value,
+                               np.r_[a, b], rtol=1e-12)

@@ -159,6 +159,13 @@ class LossSpec:
             return all(t.loss.sigma is not None for t in self.terms(self.defaults()))
         return self.sigma is not None
 
+    @property
+    def reducible(self) -> bool:
+        """Whether every term is exact or reduces each Monte Carlo draw to a few numbers
+        (``mc_reduce``): then the draws are made once per K and any K up to 10^6 is cheap."""
+        return all(t.loss.sigma is not None or t.loss.mc_reduce is not None
+                   for t in self.terms(self.defaults()))
+
     def delta(self, logits: np.ndarray, params: Params) -> np.ndarray:
         """δ_k = ∂L/∂z_k for logit vectors ``logits[N, K]``, correct class in column 0."""
         logits = np.asarray(logits, dtype=float)
@@ -213,6 +220,15 @@ class LossSpec:
 def _logsumexp(a: np.ndarray) -> np.ndarray:
     m = np.max(a, axis=1, keepdims=True)
     return (m + np.log(np.sum(np.exp(a - m), axis=1, keepdims=True)))[:, 0]
+
+
+def lse_and_sum(others: np.ndarray) -> np.ndarray:
+    """Per row of logits [n, K-1]: ln Σ_j e^{z_j} and Σ_j z_j.
+
+    These two numbers are all that NCE needs of the other logits, and all that the Monte
+    Carlo control variates need; the Averager computes them in one pass over its draws.
+    """
+    return np.stack([_logsumexp(others), others.sum(axis=1)], axis=1)
 
 
 # --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from .registry import LossSpec, Param, Preset, SigmaKernel, Term, _logsumexp, register
+from .registry import LossSpec, Param, Preset, SigmaKernel, Term, _logsumexp, lse_and_sum, register
 
 APL = "Ma et al. 2020, Active-Passive Losses (ICML), configs/<dataset>"
 ALFS = "Zhou et al. 2021, Asymmetric Loss Functions (ICML), lnl/config.py"
@@ -153,10 +153,6 @@ def _nce_full(logits, P):
     return _nce_from(logits[:, 0], _logsumexp(logits), logits.sum(axis=1), K)
 
 
-def _nce_reduce(others):
-    return np.stack([_logsumexp(others), others.sum(axis=1)], axis=1)
-
-
 def _nce_mc(zk, stats, K, P):
     lse = np.logaddexp(zk, stats[:, 0])
     return _nce_from(zk, lse, zk + stats[:, 1], K)
@@ -166,7 +162,7 @@ nce = register(LossSpec(
     name="nce", title="normalized cross entropy",
     formula="(-ln p) / (-Σ_j ln σ_j)",
     delta_formula="[(p-1)B - A(Kp-1)]/B², A = -ln p, B = -Σ_j ln σ_j",
-    full=_nce_full, mc_reduce=_nce_reduce, mc_delta=_nce_mc, torch_name="nce",
+    full=_nce_full, mc_reduce=lse_and_sum, mc_delta=_nce_mc, torch_name="nce",
 ))
 
 
