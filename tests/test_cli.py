@@ -215,3 +215,17 @@ def test_user_loss(tmp_path, monkeypatch):
     fails(2, "callable", "curve", "--loss", "mylosses:not_callable")
     fails(2, "shape", "curve", "--loss", "mylosses:wrong_shape")
     fails(2, "boom", "curve", "--loss", "mylosses:broken")
+
+
+def test_json_names_the_preset_and_its_source():
+    from calibrate_cli.losses import get_loss
+    from calibrate_cli.losses.registry import get_preset
+
+    want = get_preset(get_loss("gce"), "cifar100")
+    e = ok_json("epsilon", "--classes", "100", "--loss", "gce", "--preset", "cifar100")
+    assert e["preset"] == {"dataset": "cifar100", "classes": 100, "values": dict(want.values),
+                           "source": want.source}
+    assert e["params"]["q"] == want.values["q"]
+    t = ok_json("q", "--from", "100", "--to", "1000", "--preset", "cifar100")
+    assert t["preset"]["source"] == want.source
+    assert ok_json("epsilon", "--classes", "100")["preset"] is None

@@ -88,6 +88,16 @@ def make_loss(loss: str, preset: str | None, assignments: list[str] | None):
     return spec, params
 
 
+def preset_record(spec, preset: str | None) -> dict | None:
+    """The preset behind the parameters, with its source, for --json (None without --preset)."""
+    if not preset:
+        return None
+    from ..losses.registry import get_preset
+
+    p = get_preset(spec, preset)
+    return {"dataset": p.dataset, "classes": p.classes, "values": dict(p.values), "source": p.source}
+
+
 def make_distribution(*, logit_mean: float, logit_std: float, logits: str | None, atoms: int,
                       from_model: str | None = None, input_shape: str = "3,32,32",
                       classes: int = 10, quiet: bool = False) -> LogitDistribution:

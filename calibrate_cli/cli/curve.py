@@ -108,7 +108,8 @@ def curve(
             a = av.mean_delta(spec, params, k, z + eps)
             at_mu = av.mean_delta(spec, params, k, np.array([mu, mu + eps]))
             curves.append({
-                "loss": spec.name, "params": params, "classes": k, "epsilon": eps,
+                "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
+                "classes": k, "epsilon": eps,
                 "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
                 "method": a.method, "delta": a.value, "error": a.error,
             })

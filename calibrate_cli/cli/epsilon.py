@@ -68,7 +68,8 @@ def epsilon(
     d = dist.describe()
     if json_:
         c.emit_json("epsilon", {
-            "loss": spec.name, "params": params, "classes": r.classes,
+            "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
+            "classes": r.classes,
             "criterion": r.criterion, "reference_classes": r.reference_classes,
             "target": r.target, "branch": r.branch, "distribution": d,
             "epsilon": r.epsilon, "error": r.error,

@@ -55,7 +55,8 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
         if command == "q":
             payload["q"] = r.value
         payload.update({
-            "loss": spec.name, "param": r.param, "value": r.value, "error": r.error,
+            "loss": spec.name, "preset": c.preset_record(spec, preset),
+            "param": r.param, "value": r.value, "error": r.error,
             "value_from": r.value_from, "from": r.k_from, "to": r.k_to,
             "params_from": params, "params_to": {**params, r.param: r.value},
             "at": r.at, "distribution": d, "target": r.target,
