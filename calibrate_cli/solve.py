@@ -182,11 +182,27 @@ def solve_epsilon(
         _no_root(loss, classes, t, zs, peak_delta, grid, vals)
     at = av.mean_delta(loss, params, classes, z_root)
     slope = av.slope(loss, params, classes, z_root).value[0]
-    err = (t_err + float(at.error[0])) / abs(slope) if slope else math.inf
+    err = (_difference_error(at.method, t_err, float(at.error[0]), same_draws=ref_k == classes)
+           / abs(slope) if slope else math.inf)
     eps = z_root - mu
     return EpsilonResult(eps, err + XTOL, criterion, classes, ref_k, t,
                          float(before.value[0]), float(at.value[0]), zs, peak_delta, branch,
                          before.method, None if other is None else other - mu)
+
+
+def _difference_error(method: str, target_err: float, value_err: float, *, same_draws: bool) -> float:
+    """Error of <δ_k>(root) - target, from the errors of its two parts.
+
+    Exact averages carry deterministic bounds of the numerical error: they add. Monte Carlo
+    averages carry standard errors of draws seeded by K, so two different K draw independently
+    and their errors add in quadrature; at the same K (match with K = K_ref) the draws are the
+    same and cancel exactly (ε = 0 whatever they are).
+    """
+    if method == "exact":
+        return target_err + value_err
+    if same_draws:
+        return 0.0
+    return math.hypot(target_err, value_err)
 
 
 def _pick_root(f, grid, zs, branch, loss, params, classes, av, t):
@@ -306,7 +322,8 @@ def solve_transfer(
     after = av.mean_delta(loss, p, k_to, z)
     h = 1e-6 * max(abs(value), 1e-6)
     dfd = (F(value + h) - F(value - h)) / (2 * h) if spec.contains(value - h) and spec.contains(value + h) else 0.0
-    err = (t_err + float(after.error[0])) / abs(dfd) if dfd else math.inf
+    err = (_difference_error(after.method, t_err, float(after.error[0]), same_draws=False)
+           / abs(dfd) if dfd else math.inf)
     return TransferResult(param, value, err + XTOL * max(1.0, abs(value)), theta0, k_from, k_to, z,
                           t, before, float(after.value[0]), after.method,
                           [float(r) for r in roots[1:]])

@@ -336,3 +336,26 @@ def test_reducible_losses_and_one_pass_over_the_draws(monkeypatch):
     fresh = Averager(Gaussian(0.0, 0.5), samples=256, seed=1)
     np.testing.assert_allclose(fresh.mean_delta(spec, params, 5000, [0.0, 3.0, 1.0]).value,
                                np.r_[a, b], rtol=1e-12)
+
+
+def test_monte_carlo_error_estimates_are_honest():
+    """The reported error of a Monte Carlo ε or transfer is the spread over independent seeds
+    (ratio within [0.6, 1.6] over 24 seeds), and it vanishes where the draws cancel (K = K_ref)."""
+    from calibrate_cli.solve import solve_epsilon, solve_transfer
+
+    dist = Gaussian(0.0, 0.5)
+    spec = get_loss("nce-mae")
+    params = resolve_params(spec)
+    eps, errs, vals, verrs = [], [], [], []
+    for seed in range(24):
+        av = Averager(dist, samples=256, seed=seed)
+        r = solve_epsilon(spec, params, 100, dist, averager=av)
+        eps.append(r.epsilon)
+        errs.append(r.error)
+        t = solve_transfer(spec, params, "alpha", 100, 300, dist, averager=av)
+        vals.append(t.value)
+        verrs.append(t.error)
+    assert 0.6 < np.std(eps, ddof=1) / np.mean(errs) < 1.6
+    assert 0.6 < np.std(vals, ddof=1) / np.mean(verrs) < 1.6
+    same = solve_epsilon(spec, params, 10, dist, averager=Averager(dist, samples=256, seed=0))
+    assert abs(same.epsilon) < 1e-9 and same.error < 1e-9
