@@ -186,6 +186,11 @@ def from_array(arr, *, source: str = "array", atoms: int = DEFAULT_ATOMS) -> Emp
 
 def load_logits(path: str, *, atoms: int = DEFAULT_ATOMS) -> Empirical:
     """Read measured logits from ``.npy``, ``.npz`` (key ``logits`` or the only array) or ``.pt``."""
+    return from_array(read_logits_array(path), source=path, atoms=atoms)
+
+
+def read_logits_array(path: str) -> np.ndarray:
+    """The array of a logits file as stored ([N, K] or flat); UsageError naming the problem."""
     if not os.path.exists(path):
         raise UsageError(f"logits file '{path}' does not exist (expected .npy, .npz or .pt)")
     ext = os.path.splitext(path)[1].lower()
@@ -219,4 +224,4 @@ def load_logits(path: str, *, atoms: int = DEFAULT_ATOMS) -> Empirical:
         raise UsageError(f"cannot read logits file '{path}': {type(exc).__name__}: {exc}") from None
     if not np.issubdtype(np.asarray(arr).dtype, np.number):
         raise UsageError(f"'{path}': logits must be numeric, got dtype {np.asarray(arr).dtype}")
-    return from_array(arr, source=path, atoms=atoms)
+    return np.asarray(arr)

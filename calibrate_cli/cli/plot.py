@@ -97,11 +97,11 @@ def _figure(P, name, dist, *, logits, model, dataset, data_dir, classes, validat
         return P.figure_epsilon_vs_k(dist)
     if name == "logit-histogram":
         if logits:
-            from ..logits import load_logits
+            from ..logits import load_logits, read_logits_array
 
-            emp = load_logits(logits)
-            arr = _raw_logits(logits)
-            return P.figure_logit_histogram(arr if arr is not None else emp.values[None, :],
+            emp = load_logits(logits)  # checks shape and values
+            arr = read_logits_array(logits)
+            return P.figure_logit_histogram(arr if arr.ndim == 2 else emp.values[None, :],
                                             title=f"logits from {os.path.basename(logits)}")
         from ..measure import measure_logits
 
@@ -111,21 +111,3 @@ def _figure(P, name, dist, *, logits, model, dataset, data_dir, classes, validat
         return P.figure_logit_histogram(
             m.logits, title=f"{model} at initialisation, K = {classes}, {inputs}")
     return P.figure_accuracy(P.read_validate(validate))
-
-
-def _raw_logits(path):
-    """The [N, K] array of a logits file (for per-row statistics), or None if flat."""
-    import numpy as np
-
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            a = np.load(path, allow_pickle=False)
-        elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                a = f["logits"] if "logits" in f.files else f[f.files[0]]
-        else:
-            return None
-    except Exception:
-        return None
-    return np.asarray(a, dtype=float) if np.ndim(a) == 2 else None
