@@ -271,7 +271,7 @@ class Averager:
         if total > MAX_DRAWS:
             raise UsageError(
                 f"Monte Carlo at K = {classes} with {self.samples} samples needs {total:.2g} "
-                f"draws (limit {MAX_DRAWS:.0e}); lower --samples")
+                f"draws (limit {MAX_DRAWS:.0e}); use --samples {max(1, MAX_DRAWS // n)} or fewer")
         rows = max(1, CHUNK_ELEMS // max(n, 1))
         for i, start in enumerate(range(0, self.samples, rows)):
             m = min(rows, self.samples - start)

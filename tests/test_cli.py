@@ -229,3 +229,8 @@ def test_json_names_the_preset_and_its_source():
     t = ok_json("q", "--from", "100", "--to", "1000", "--preset", "cifar100")
     assert t["preset"]["source"] == want.source
     assert ok_json("epsilon", "--classes", "100")["preset"] is None
+
+
+def test_monte_carlo_too_large_names_the_samples_that_fit():
+    fails(2, "needs 4.1e+09 draws (limit 2e+09); use --samples 2000 or fewer",
+          "epsilon", "--classes", 1_000_000, "--loss", "nce-agce")
