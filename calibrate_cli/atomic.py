@@ -22,6 +22,21 @@ def _umask() -> int:
     return mask
 
 
+def make_folder(path: str | os.PathLike, option: str) -> str:
+    """Create folder ``path`` (and its parents) if needed and check that it can be written;
+    a :class:`UsageError` naming ``option`` otherwise. Returns the path."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} '{path}' exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} '{path}' cannot be created: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} '{path}' is not writable")
+    return path
+
+
 def write_atomic(path: str | os.PathLike, data: Payload, *, make_dirs: bool = True) -> None:
     """Write ``data`` (bytes, text as UTF-8, or a function given the open binary file) to ``path``.
 

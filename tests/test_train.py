@@ -460,3 +460,13 @@ def test_bf16_autocast_path_on_cpu(tmp_path):
     assert a["status"] == b["status"] == "complete"
     r = run("train", *TINY, "--precision", "fp16", "--device", "cpu", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "fp16 needs a CUDA device" in r.stderr
+
+
+def test_out_folder_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    for cmd in ("train", "validate"):
+        r = run(cmd, *TINY, "--epochs", "1", "--out", blocker / "run")
+        assert r.exit_code == 2, (cmd, r.stderr)
+        assert r.stderr.startswith("error: --out") and r.stderr.count("\n") == 1, r.stderr
+    assert blocker.read_text() == "keep"

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..atomic import make_folder
 from ..errors import UsageError
 from . import common as c
 
@@ -63,7 +64,7 @@ def plot(
         if out is not None:
             raise UsageError("'plot all' writes several files: give --out-dir DIR, not --out")
         folder = out_dir or os.path.join("docs", "figures")
-        os.makedirs(folder, exist_ok=True)
+        make_folder(folder, "--out-dir")
         targets = [(n, os.path.join(folder, f"{n}.png")) for n in NAMES
                    if n != "accuracy" or validate]
     else:

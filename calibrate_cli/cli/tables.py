@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..atomic import make_folder
 from ..errors import UsageError
 
 HELP = """Compute the tables of ε and recalibrated hyperparameters and write them to --out-dir.
@@ -43,14 +44,7 @@ def tables(
         raise UsageError(f"--only must be one of {', '.join(T.TABLE_NAMES)}, got '{bad[0]}'")
     if not 1 <= jobs <= (os.cpu_count() or 1) * 4:
         raise UsageError(f"--jobs must be in [1, {(os.cpu_count() or 1) * 4}], got {jobs}")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out-dir '{out_dir}' exists and is not a folder")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out-dir '{out_dir}' cannot be created: {exc.strerror or exc}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UsageError(f"--out-dir '{out_dir}' is not writable")
+    make_folder(out_dir, "--out-dir")
 
     done = {"n": 0}
 

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 
 from .._version import __version__
-from ..atomic import write_atomic
+from ..atomic import make_folder, write_atomic
 from ..errors import UsageError
 from .config import TrainConfig, changed_result_fields, default_out_dir
 
@@ -500,6 +500,10 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> str:
     return out
 
 
+def _make_out_dir(out: str) -> None:
+    make_folder(out, "--out")
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool = True,
           command: str | None = None, console=None) -> TrainResult:
     """Run (or resume) one training run as configured; returns its history.
@@ -543,6 +547,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
         tdist.broadcast_object_list(box, src=0)
         cfg.out = box[0]
     out = prepare_out_dir(cfg, resume)
+    if dist.main:
+        _make_out_dir(out)  # fail now, not after loading the data
     seed_everything(cfg.seed + dist.rank)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -568,7 +574,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                         coarse=bundle.coarse_labels)
     log(noise.describe())
     if dist.main:
-        os.makedirs(out, exist_ok=True)
         save_noisy_labels(os.path.join(out, "noisy_labels.npz"), noise)
 
     train_data = make_split(bundle.train, noise.labels, bundle.train.labels, bundle, device,

@@ -40,6 +40,7 @@ import re
 from dataclasses import dataclass
 
 from .._version import __version__
+from ..atomic import make_folder, write_atomic
 from ..errors import UsageError
 from .config import TrainConfig, changed_result_fields, resolve_config, slugify
 
@@ -175,7 +176,7 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
     """Train every cell not yet complete, then write and return the results."""
     from .loop import CHECKPOINT, train, write_json
 
-    os.makedirs(out, exist_ok=True)
+    make_folder(out, "--out")
     cells = [(v, n, s) for v in variants for n in noises for s in seeds]
     configs = [run_config(base, v, n, s, run_dir(out, v, n, s)) for v, n, s in cells]
     first = configs[0]
@@ -307,7 +308,7 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(out: str, results: dict) -> None:
-    from .loop import write_atomic, write_json
+    from .loop import write_json
 
     write_json(os.path.join(out, "results.json"), results)
     buf = io.StringIO()
@@ -337,7 +338,6 @@ def _plot_accuracy_fallback(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .loop import write_atomic
 
     noises = results["grid"]["noise"]
     fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 4), squeeze=False)
