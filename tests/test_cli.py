@@ -229,6 +229,7 @@ def test_json_names_the_preset_and_its_source():
     t = ok_json("q", "--from", "100", "--to", "1000", "--preset", "cifar100")
     assert t["preset"]["source"] == want.source
     assert ok_json("epsilon", "--classes", "100")["preset"] is None
+    assert t["criterion"] == "match" and t["at"] == 0.0 and t["from"] == 100 and t["to"] == 1000
 
 
 def test_monte_carlo_too_large_names_the_samples_that_fit():

@@ -59,7 +59,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
             "param": r.param, "value": r.value, "error": r.error,
             "value_from": r.value_from, "from": r.k_from, "to": r.k_to,
             "params_from": params, "params_to": {**params, r.param: r.value},
-            "at": r.at, "distribution": d, "target": r.target,
+            "criterion": "match", "at": r.at, "distribution": d, "target": r.target,
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "other_roots": r.other_roots, "method": r.method,
             "monte_carlo": None if r.method == "exact" else {"samples": samples, "seed": seed},
