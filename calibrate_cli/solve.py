@@ -163,7 +163,7 @@ def solve_epsilon(
         s_err = av.slope(loss, params, classes, zs).error[0]
         err = abs(s_err / curv) if curv else math.inf
         after = av.mean_delta(loss, params, classes, mu + eps)
-        return EpsilonResult(eps, err + XTOL, criterion, classes, None, None,
+        return EpsilonResult(eps, float(err + XTOL), criterion, classes, None, None,
                              float(before.value[0]), float(after.value[0]), zs, peak_delta,
                              branch, before.method)
 
@@ -185,7 +185,7 @@ def solve_epsilon(
     err = (_difference_error(at.method, t_err, float(at.error[0]), same_draws=ref_k == classes)
            / abs(slope) if slope else math.inf)
     eps = z_root - mu
-    return EpsilonResult(eps, err + XTOL, criterion, classes, ref_k, t,
+    return EpsilonResult(eps, float(err + XTOL), criterion, classes, ref_k, t,
                          float(before.value[0]), float(at.value[0]), zs, peak_delta, branch,
                          before.method, None if other is None else other - mu)
 
@@ -324,7 +324,7 @@ def solve_transfer(
     dfd = (F(value + h) - F(value - h)) / (2 * h) if spec.contains(value - h) and spec.contains(value + h) else 0.0
     err = (_difference_error(after.method, t_err, float(after.error[0]), same_draws=False)
            / abs(dfd) if dfd else math.inf)
-    return TransferResult(param, value, err + XTOL * max(1.0, abs(value)), theta0, k_from, k_to, z,
+    return TransferResult(param, value, float(err + XTOL * max(1.0, abs(value))), theta0, k_from, k_to, z,
                           t, before, float(after.value[0]), after.method,
                           [float(r) for r in roots[1:]])
 
