@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .average import DEFAULT_SAMPLES, Average, Averager
+from .average import Average, Averager, default_samples
 from .logits import DEFAULT_LOGIT_STD, Gaussian, LogitDistribution
 from .losses import get_loss, resolve_params
 from .solve import EpsilonResult, TransferResult, solve_epsilon, solve_transfer
@@ -35,14 +35,15 @@ def _setup(loss, preset, params, dist, logit_std, samples, seed):
     spec = get_loss(loss)
     values = resolve_params(spec, preset, params)
     d = dist if dist is not None else Gaussian(0.0, logit_std)
-    return spec, values, d, Averager(d, samples=samples, seed=seed)
+    n = samples if samples is not None else default_samples(spec)
+    return spec, values, d, Averager(d, samples=n, seed=seed)
 
 
 def epsilon(classes: int, loss: str = "mae", *, criterion: str = "match",
             reference_classes: int = 10, target: float | None = None, branch: str = "below",
             preset: str | None = None, params: Mapping[str, float] | None = None,
             dist: LogitDistribution | None = None, logit_std: float = DEFAULT_LOGIT_STD,
-            samples: int = DEFAULT_SAMPLES, seed: int = 0) -> EpsilonResult:
+            samples: int | None = None, seed: int = 0) -> EpsilonResult:
     r"""The logit bias ε at K = ``classes``.
 
     match:  <δ_k>_K(μ + ε) = <δ_k>_{K_ref}(μ), the root below the peak of <δ_k>(z);
@@ -58,7 +59,7 @@ def epsilon(classes: int, loss: str = "mae", *, criterion: str = "match",
 def transfer(loss: str, param: str, k_from: int, k_to: int, *, preset: str | None = None,
              params: Mapping[str, float] | None = None, at: float | None = None,
              dist: LogitDistribution | None = None, logit_std: float = DEFAULT_LOGIT_STD,
-             samples: int = DEFAULT_SAMPLES, seed: int = 0) -> TransferResult:
+             samples: int | None = None, seed: int = 0) -> TransferResult:
     r"""θ at K_to with <δ_k>_{K_to, θ}(z*) = <δ_k>_{K_from, θ_from}(z*), z* = μ or ``at``.
 
     θ_from is the parameter's value from ``preset`` / ``params`` / its default.
@@ -77,7 +78,7 @@ def q(k_from: int, k_to: int, q_from: float = 0.7, *, loss: str = "gce",
 
 def mean_delta(z, classes: int, loss: str = "mae", *, preset: str | None = None,
                params: Mapping[str, float] | None = None, dist: LogitDistribution | None = None,
-               logit_std: float = DEFAULT_LOGIT_STD, samples: int = DEFAULT_SAMPLES,
+               logit_std: float = DEFAULT_LOGIT_STD, samples: int | None = None,
                seed: int = 0) -> Average:
     r"""<δ_k>(z) at the logit value(s) ``z`` (exact for σ_k-only losses, else Monte Carlo)."""
     spec, values, d, av = _setup(loss, preset, params, dist, logit_std, samples, seed)

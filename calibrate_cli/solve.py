@@ -44,7 +44,7 @@ from typing import Mapping
 import numpy as np
 from scipy.optimize import brentq
 
-from .average import Averager, check_classes
+from .average import Averager, check_classes, default_samples
 from .errors import NoSolutionError, UsageError
 from .logits import LogitDistribution
 from .losses.registry import LossSpec, check_params
@@ -143,7 +143,7 @@ def solve_epsilon(
     if branch not in BRANCHES:
         raise UsageError(f"--branch must be 'below' or 'above', got '{branch}'")
     check_params(loss, params)
-    av = averager or Averager(dist)
+    av = averager or Averager(dist, samples=default_samples(loss))
     mu = dist.mean
     zs, grid, vals = find_peak(loss, params, classes, av)
     peak_delta = float(av.mean_delta(loss, params, classes, zs).value[0]) if zs is not None else None
@@ -281,7 +281,7 @@ def solve_transfer(
     if spec.flag:
         raise UsageError(f"{loss.name}: '{param}' is a 0/1 switch and cannot be transferred")
     check_params(loss, params)
-    av = averager or Averager(dist)
+    av = averager or Averager(dist, samples=default_samples(loss))
     z = dist.mean if at is None else float(at)
     if not math.isfinite(z):
         raise UsageError(f"--at must be a finite logit value, got {at}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .._version import __version__
-from ..average import DEFAULT_SAMPLES, Averager
+from ..average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, Averager, default_samples
 from ..errors import UsageError
 from ..logits import DEFAULT_ATOMS, DEFAULT_LOGIT_STD, Gaussian, LogitDistribution, load_logits
 from ..losses import get_loss, parse_assignments, resolve_params
@@ -64,9 +64,11 @@ InputShape = Annotated[str, typer.Option(
     help="Input shape for --from-model.")]
 
 # --------------------------------------------------------------- numerics
-Samples = Annotated[int, typer.Option(
-    "--samples", rich_help_panel=NUM_PANEL,
-    help="Monte Carlo logit vectors, for losses whose δ_k depends on more than σ_k.")]
+Samples = Annotated[Optional[int], typer.Option(
+    "--samples", rich_help_panel=NUM_PANEL, show_default=False,
+    help="Monte Carlo logit vectors, for losses whose δ_k depends on more than σ_k "
+         f"(default {DEFAULT_SAMPLES} for NCE and its combinations, {DEFAULT_SAMPLES_FULL} "
+         "for NFL, biTemp and your own losses, whose cost grows with K).")]
 Seed = Annotated[int, typer.Option(
     "--seed", rich_help_panel=NUM_PANEL, help="Seed of the Monte Carlo draws.")]
 
@@ -78,7 +80,7 @@ Csv = Annotated[bool, typer.Option(
     "--csv", rich_help_panel=OUT_PANEL, help="Print CSV on stdout.")]
 
 DEFAULTS = dict(logit_mean=0.0, logit_std=DEFAULT_LOGIT_STD, atoms=DEFAULT_ATOMS,
-                samples=DEFAULT_SAMPLES, seed=0, input_shape="3,32,32")
+                samples=None, seed=0, input_shape="3,32,32")
 
 
 def make_loss(loss: str, preset: str | None, assignments: list[str] | None):
@@ -132,7 +134,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def make_averager(dist: LogitDistribution, samples: int, seed: int) -> Averager:
+def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *specs) -> Averager:
+    """The Averager of the options; ``samples`` None: the default for the losses ``specs``."""
+    if samples is None:
+        samples = default_samples(*specs)
     if samples < 16:
         raise UsageError(f"--samples must be >= 16, got {samples}")
     return Averager(dist, samples=samples, seed=seed)

@@ -89,7 +89,7 @@ def curve(
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=max(ks), quiet=json_ or csv_)
-    av = c.make_averager(dist, samples, seed)
+    av = c.make_averager(dist, samples, seed, *(spec for spec, _ in losses))
     mu = dist.mean
     lo = mu - 3.0 if z_min is None else z_min
     hi = mu + math.log(max(ks) - 1) + 6.0 if z_max is None else z_max
@@ -126,7 +126,7 @@ def curve(
             "criterion": criterion if eps_opt == "auto" else None,
             "reference_classes": reference_classes if eps_opt == "auto" else None,
             "distribution": dist.describe(),
-            "monte_carlo": {"samples": samples, "seed": seed}
+            "monte_carlo": {"samples": av.samples, "seed": seed}
             if any(cv["method"] != "exact" for cv in curves) else None,
         })
         return

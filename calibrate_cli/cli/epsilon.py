@@ -61,7 +61,7 @@ def epsilon(
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=classes, quiet=json_)
-    av = c.make_averager(dist, samples, seed)
+    av = c.make_averager(dist, samples, seed, spec)
     r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
                       reference_classes=reference_classes, target=target, branch=branch,
                       averager=av)
@@ -76,7 +76,7 @@ def epsilon(
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "peak_z": r.peak_z, "peak_delta": r.peak_delta, "other_root": r.other_root,
             "method": r.method,
-            "monte_carlo": None if r.method == "exact" else {"samples": samples, "seed": seed},
+            "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
         })
         return
     if r.criterion == "match":

@@ -47,7 +47,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=k_to, quiet=json_)
-    av = c.make_averager(dist, samples, seed)
+    av = c.make_averager(dist, samples, seed, spec)
     r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
     d = dist.describe()
     if json_:
@@ -62,7 +62,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
             "criterion": "match", "at": r.at, "distribution": d, "target": r.target,
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "other_roots": r.other_roots, "method": r.method,
-            "monte_carlo": None if r.method == "exact" else {"samples": samples, "seed": seed},
+            "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
         })
         c.emit_json(command, payload)
         return r
