@@ -187,10 +187,15 @@ def test_ddp_two_processes_equal_one(tmp_path):
     md = load_json(tmp_path / "ddp" / "metrics.json")
     m1 = load_json(tmp_path / "one" / "metrics.json")
     assert load_json(tmp_path / "ddp" / "config.json")["world_size"] == 2
+    # the processes sum gradients in another order, so weights agree to float rounding; an
+    # accuracy may then differ by one sample whose two largest logits were tied that closely
+    one = {"train_acc_noisy": 1.01 / 100, "train_acc_clean": 1.01 / 100,
+           "test_top1": 1.01 / 30, "test_top5": 1.01 / 30}
     for a, b in zip(md["epochs"], m1["epochs"]):
-        for k in ("train_loss", "train_acc_noisy", "train_acc_clean", "test_top1", "test_top5",
-                  "logit_correct_mean", "logit_other_std"):
+        for k in ("train_loss", "logit_correct_mean", "logit_other_std"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a["epoch"], a[k], b[k])
+        for k, tol in one.items():
+            assert abs(a[k] - b[k]) <= tol, (k, a["epoch"], a[k], b[k])
     sd = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["model"]
     s1 = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
     for k in s1:
@@ -470,3 +475,16 @@ def test_out_folder_that_cannot_be_created(tmp_path):
         assert r.exit_code == 2, (cmd, r.stderr)
         assert r.stderr.startswith("error: --out") and r.stderr.count("\n") == 1, r.stderr
     assert blocker.read_text() == "keep"
+
+
+def test_interrupt_during_the_checkpoint_is_held_until_the_bookkeeping_is_done():
+    import signal
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with loop._held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("checkpoint")
+            done.append("metrics")
+    assert done == ["checkpoint", "metrics"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -61,12 +61,15 @@ renamed. Every random draw of an epoch is seeded from (seed, epoch, rank), so
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -721,20 +724,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                     row[f"{name}_top1"], row[f"{name}_top5"] = t1, t5
                 history.append(row)
                 bar.end_epoch(row)
-                if dist.main:
-                    save_checkpoint(ckpt_path, {
-                        "epoch": epoch + 1, "model": core.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "history": history, "derived": derived, "noise_hash": noise.hash,
-                        "config": cfg.to_dict(), "version": __version__})
-                    _write_metrics(out, history, config_record, "running", extra_eval)
-                    if writer is not None:
-                        for k, v in row.items():
-                            if k != "epoch":
-                                writer.add_scalar(k, v, epoch + 1)
-                        writer.flush()
-                saved = len(history)
+                with _held_interrupt():  # checkpoint and bookkeeping agree, whenever Ctrl-C comes
+                    if dist.main:
+                        save_checkpoint(ckpt_path, {
+                            "epoch": epoch + 1, "model": core.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "history": history, "derived": derived, "noise_hash": noise.hash,
+                            "config": cfg.to_dict(), "version": __version__})
+                        _write_metrics(out, history, config_record, "running", extra_eval)
+                        if writer is not None:
+                            for k, v in row.items():
+                                if k != "epoch":
+                                    writer.add_scalar(k, v, epoch + 1)
+                            writer.flush()
+                    saved = len(history)
                 if dist.enabled:
                     import torch.distributed as tdist
 
@@ -760,13 +764,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                        noise=noise.to_dict())
 
 
+@contextlib.contextmanager
+def _held_interrupt():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it at its end.
+
+    Around the end-of-epoch checkpoint: without it, an interrupt between writing the
+    checkpoint and recording that it was written would leave metrics.json one epoch behind
+    the checkpoint. Outside the main thread (no signal handlers there) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision == "fp16":
         return torch.autocast(device.type, dtype=torch.float16)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
