@@ -159,6 +159,14 @@ class Empirical(LogitDistribution):
         }
 
 
+def centre_rows(z: np.ndarray) -> np.ndarray:
+    """Logits [N, K] minus each row's mean, flattened: softmax ignores a common shift of a row,
+    so these values are the distribution the engine averages over (and their std is what
+    ``--logit-std`` means)."""
+    z = np.asarray(z, dtype=float)
+    return (z - z.mean(axis=1, keepdims=True)).ravel()
+
+
 def from_array(arr, *, source: str = "array", atoms: int = DEFAULT_ATOMS) -> Empirical:
     """An :class:`Empirical` from logits of shape [N, K] (rows centred) or flat."""
     a = np.asarray(arr, dtype=float)
@@ -170,7 +178,7 @@ def from_array(arr, *, source: str = "array", atoms: int = DEFAULT_ATOMS) -> Emp
         raise UsageError(f"{source}: logits contain NaN or infinite values")
     if a.ndim == 2 and a.shape[1] >= 2:
         mean = float(a.mean())
-        centred = (a - a.mean(axis=1, keepdims=True)).ravel()
+        centred = centre_rows(a)
         centering = "rows"
     else:
         a = a.ravel()

@@ -54,6 +54,7 @@ import numpy as np
 from ._version import __version__
 from .atomic import write_atomic
 from .errors import UsageError
+from .logits import centre_rows
 
 #: Input shapes (C, H, W) of the datasets when no files are read (Gaussian inputs).
 DATASET_SHAPES = {
@@ -108,7 +109,7 @@ def logit_stats(logits: np.ndarray, seeds_rows: list[np.ndarray] | None = None) 
     z = np.asarray(logits, dtype=float)
     if z.ndim != 2 or z.shape[1] < 2 or z.shape[0] < 2:
         raise UsageError(f"need logits of shape [N >= 2, K >= 2], got {z.shape}")
-    c = (z - z.mean(axis=1, keepdims=True)).ravel()
+    c = centre_rows(z)
     std = float(c.std())
     out = {
         "n_inputs": int(z.shape[0]), "classes": int(z.shape[1]),
@@ -119,8 +120,7 @@ def logit_stats(logits: np.ndarray, seeds_rows: list[np.ndarray] | None = None) 
         "ks_distance": float(ks_distance(c, std)),
     }
     if seeds_rows is not None:
-        out["per_seed_std"] = [float((z[r] - z[r].mean(axis=1, keepdims=True)).std())
-                               for r in seeds_rows]
+        out["per_seed_std"] = [float(centre_rows(z[r]).std()) for r in seeds_rows]
     return out
 
 

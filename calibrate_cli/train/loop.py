@@ -415,7 +415,7 @@ def derive_loss_settings(cfg: TrainConfig, spec, params: dict, classes: int,
     Returns ``{"params", "epsilon", "logit_std", "logit_std_source", "calibrated",
     "epsilon_info"}``.
     """
-    from ..logits import Gaussian
+    from ..logits import Gaussian, centre_rows
     from ..solve import solve_epsilon, solve_transfer
 
     out: dict[str, Any] = {"params": dict(params), "calibrated": None, "epsilon_info": None,
@@ -426,8 +426,7 @@ def derive_loss_settings(cfg: TrainConfig, spec, params: dict, classes: int,
             s, source = float(cfg.logit_std), "given (--logit-std)"
         else:
             z = measure()
-            centred = z - z.mean(axis=1, keepdims=True)
-            s = float(centred.std())
+            s = float(centre_rows(z).std())
             source = f"measured at initialisation on {z.shape[0]} training images"
             if not math.isfinite(s) or s <= 0:
                 raise UsageError("the model's initial logits have zero or undefined spread; "
@@ -503,10 +502,6 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> str:
     return out
 
 
-def _make_out_dir(out: str) -> None:
-    make_folder(out, "--out")
-
-
 def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool = True,
           command: str | None = None, console=None) -> TrainResult:
     """Run (or resume) one training run as configured; returns its history.
@@ -551,7 +546,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
         cfg.out = box[0]
     out = prepare_out_dir(cfg, resume)
     if dist.main:
-        _make_out_dir(out)  # fail now, not after loading the data
+        make_folder(out, "--out")  # fail now, not after loading the data
     seed_everything(cfg.seed + dist.rank)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
