@@ -19,6 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from calibrate_cli.cli.app import build_app  # noqa: E402
 from calibrate_cli.losses import get_loss, resolve_params  # noqa: E402
+from calibrate_cli.train import batches as B  # noqa: E402
 from calibrate_cli.train import loop  # noqa: E402
 from calibrate_cli.train.config import resolve_config  # noqa: E402
 from calibrate_cli.train.data import load_dataset  # noqa: E402
@@ -203,10 +204,10 @@ def test_ddp_two_processes_equal_one(tmp_path):
 
 
 def test_global_batches_cover_every_sample_once_per_epoch():
-    batches = loop.global_batches(103, 10, seed=3, epoch=2)
+    batches = B.global_batches(103, 10, seed=3, epoch=2)
     idx = torch.cat(batches)
     assert sorted(idx.tolist()) == list(range(103)) and batches[-1].numel() == 3
-    assert not torch.equal(idx, torch.cat(loop.global_batches(103, 10, seed=3, epoch=3)))
+    assert not torch.equal(idx, torch.cat(B.global_batches(103, 10, seed=3, epoch=3)))
     # two processes share each global batch without overlap
     halves = [b.tensor_split(2) for b in batches]
     assert all(torch.equal(torch.cat(h), b) for h, b in zip(halves, batches))
@@ -267,9 +268,9 @@ def test_augment_keeps_shape_and_content_statistics():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 16, 16, generator=g)
     for kind in ("flip", "crop-flip", "crop-flip-rotate"):
-        y = loop.augment_batch(x, kind, torch.Generator().manual_seed(1))
+        y = B.augment_batch(x, kind, torch.Generator().manual_seed(1))
         assert y.shape == x.shape
-    y = loop.augment_batch(x, "flip", torch.Generator().manual_seed(1))
+    y = B.augment_batch(x, "flip", torch.Generator().manual_seed(1))
     same = [(torch.equal(a, b) or torch.equal(a, b.flip(2))) for a, b in zip(x, y)]
     assert all(same) and 0 < sum(torch.equal(a, b) for a, b in zip(x, y)) < 64
 
