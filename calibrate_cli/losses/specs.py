@@ -11,6 +11,10 @@ Conventions (each a parameter with a documented default):
   the literature weights β apply unchanged.
 * RCE = -Σ_j σ_j ln(clamp(y_j, c, 1)) = A (1 - p) with A = -ln c, c = 1e-4
   (A = 9.2103; the "A = -4" of the SCE paper is not what the public code does).
+  The public code also clamps every softmax entry below at 1e-7 before the sum;
+  that is ``pmin`` (default 0, the formula as written; 1e-7 in the presets of
+  SCE, NCE+RCE and NF-RCE, which come from that code): RCE = A Σ_{j≠k} max(σ_j,
+  pmin), δ_k = -A p (1 - p - c_m), c_m the softmax mass of the clamped classes.
 * NFL: FL_j = -(1 - σ_j)^γ ln σ_j, NFL = FL_k / Σ_j FL_j; by default gradients
   flow through every factor (the formula as written); ``detach = 1`` treats the
   weights (1 - σ_j)^γ as constants, as the APL code does (``.data``).
@@ -54,6 +58,8 @@ CLAMP = Param("clamp", 1e-4, 0.0, 1.0, True, True, "clamp c of log(one-hot); A =
 ALPHA = _pos("alpha", 1.0, "weight of the active (normalised) term")
 BETA = _pos("beta", 1.0, "weight of the passive term")
 GAMMA = Param("gamma", 0.5, 0.0, math.inf, False, True, "focal exponent γ")
+PMIN = Param("pmin", 0.0, 0.0, 0.01, False, False,
+             "softmax entries clamped below at pmin before RCE's sum (published code: 1e-7); 0: none")
 DETACH = Param("detach", 0.0, 0, 1, False, False, "1: treat (1-σ_j)^γ as constants (APL code)", flag=True)
 
 
@@ -120,21 +126,61 @@ ael = register(LossSpec(
     torch_name="ael",
 ))
 
-rce = register(LossSpec(
-    name="rce", title="reverse cross entropy",
-    formula="-Σ_j σ_j ln clamp(y_j, c) = A (1 - p), A = -ln c",
-    delta_formula="-A p (1 - p)", params=(CLAMP,),
+def _rce_floor_full(logits, P):
+    """δ_k of the clamp term F = Σ_{j≠k} (pmin - σ_j)_+: p·c_m, c_m the mass of the clamped others."""
+    lse = _logsumexp(logits)
+    sig = np.exp(logits - lse[:, None])
+    others = sig[:, 1:]
+    return sig[:, 0] * np.where(others < P["pmin"], others, 0.0).sum(axis=1)
+
+
+#: The exact part of RCE, A(1 - p) (unregistered: a term of ``rce``).
+rce_exact = LossSpec(
+    name="rce-exact", title="reverse cross entropy without the softmax clamp",
+    formula="A (1 - p)", delta_formula="-A p (1 - p)", params=(CLAMP,),
     sigma=SigmaKernel(offset=lambda P: 0.0, g=lambda p, P: math.log(P["clamp"]) * _pp(p)),
     torch_name="rce",
+)
+
+#: What the published softmax clamp adds to RCE, per unit of A (unregistered: a term of ``rce``).
+rce_floor = LossSpec(
+    name="rce-floor", title="RCE's softmax clamp",
+    formula="Σ_{j≠k} (pmin - σ_j)_+", delta_formula="p c_m, c_m = Σ_{j≠k, σ_j < pmin} σ_j",
+    params=(Param("pmin", 1e-7, 0.0, 0.01, True, False, "softmax floor"),),
+    full=_rce_floor_full, torch_name="rce_floor",
+)
+
+
+def _rce_terms(P):
+    """RCE = A(1 - p) + A Σ_{j≠k} (pmin - σ_j)_+ = A Σ_{j≠k} max(σ_j, pmin), A = -ln c."""
+    terms = [Term(1.0, rce_exact, {"clamp": P["clamp"]})]
+    if P["pmin"] > 0:
+        terms.append(Term(-math.log(P["clamp"]), rce_floor, {"pmin": P["pmin"]}))
+    return terms
+
+
+rce = register(LossSpec(
+    name="rce", title="reverse cross entropy",
+    formula="-Σ_j clamp(σ_j, pmin) ln clamp(y_j, c) = A Σ_{j≠k} max(σ_j, pmin), A = -ln c",
+    delta_formula="-A p (1 - p - c_m), c_m = Σ_{j≠k, σ_j < pmin} σ_j", params=(CLAMP, PMIN),
+    terms_of=_rce_terms,
+    notes="pmin = 0 is the formula as written (exact averages); the published code clamps the "
+          "softmax at 1e-7, which the presets of the RCE combinations set.",
 ))
+
+
+def _rce_params(P):
+    return {"clamp": P["clamp"], "pmin": P["pmin"]}
+
 
 sce = register(LossSpec(
     name="sce", title="symmetric cross entropy", aliases=("sl",),
     formula="α CE + β RCE", delta_formula="α (p - 1) - β A p (1 - p)", bounded=False,
-    params=(_pos("alpha", 0.1, "CE weight"), _pos("beta", 1.0, "RCE weight"), CLAMP),
-    presets=_presets(SCE_SRC, cifar10=dict(alpha=0.1, beta=1.0), cifar100=dict(alpha=6.0, beta=0.1),
-                     webvision_mini=dict(alpha=10.0, beta=1.0)),
-    terms_of=lambda P: [Term(P["alpha"], ce, {}), Term(P["beta"], rce, {"clamp": P["clamp"]})],
+    params=(_pos("alpha", 0.1, "CE weight"), _pos("beta", 1.0, "RCE weight"), CLAMP, PMIN),
+    presets=_presets(SCE_SRC, cifar10=dict(alpha=0.1, beta=1.0, pmin=1e-7),
+                     cifar100=dict(alpha=6.0, beta=0.1, pmin=1e-7),
+                     webvision_mini=dict(alpha=10.0, beta=1.0, pmin=1e-7)),
+    terms_of=lambda P: [Term(P["alpha"], ce, {}), Term(P["beta"], rce, _rce_params(P))],
 ))
 
 
@@ -249,10 +295,11 @@ mae1 = {"scale": 1.0}
 nce_rce = register(LossSpec(
     name="nce-rce", title="NCE + RCE (APL)", aliases=("ncerce", "nce-and-rce"),
     formula="α NCE + β RCE", delta_formula="α δ_NCE - β A p (1 - p)",
-    params=(ALPHA, BETA, CLAMP),
-    presets=_presets(APL, cifar10=dict(alpha=1.0, beta=1.0), cifar100=dict(alpha=10.0, beta=0.1),
-                     webvision_mini=dict(alpha=50.0, beta=0.1)),
-    terms_of=lambda P: [Term(P["alpha"], nce, {}), Term(P["beta"], rce, {"clamp": P["clamp"]})],
+    params=(ALPHA, BETA, CLAMP, PMIN),
+    presets=_presets(APL, cifar10=dict(alpha=1.0, beta=1.0, pmin=1e-7),
+                     cifar100=dict(alpha=10.0, beta=0.1, pmin=1e-7),
+                     webvision_mini=dict(alpha=50.0, beta=0.1, pmin=1e-7)),
+    terms_of=lambda P: [Term(P["alpha"], nce, {}), Term(P["beta"], rce, _rce_params(P))],
 ))
 
 nce_mae = register(LossSpec(
@@ -293,10 +340,9 @@ nf_mae = register(LossSpec(
 nf_rce = register(LossSpec(
     name="nf-rce", title="NFL + RCE (APL)", aliases=("nfl-rce", "nflrce"),
     formula="α NFL + β RCE", delta_formula="α δ_NFL - β A p (1 - p)",
-    params=(GAMMA, ALPHA, BETA, CLAMP, DETACH),
-    presets=_presets(APL, cifar10=dict(gamma=0.5, alpha=1.0, beta=1.0),
-                     cifar100=dict(gamma=0.5, alpha=10.0, beta=0.1),
-                     webvision_mini=dict(gamma=0.5, alpha=50.0, beta=0.1)),
-    terms_of=lambda P: [Term(P["alpha"], nfl, _nfl_params(P)),
-                        Term(P["beta"], rce, {"clamp": P["clamp"]})],
+    params=(GAMMA, ALPHA, BETA, CLAMP, PMIN, DETACH),
+    presets=_presets(APL, cifar10=dict(gamma=0.5, alpha=1.0, beta=1.0, pmin=1e-7),
+                     cifar100=dict(gamma=0.5, alpha=10.0, beta=0.1, pmin=1e-7),
+                     webvision_mini=dict(gamma=0.5, alpha=50.0, beta=0.1, pmin=1e-7)),
+    terms_of=lambda P: [Term(P["alpha"], nfl, _nfl_params(P)), Term(P["beta"], rce, _rce_params(P))],
 ))
