@@ -130,7 +130,7 @@ def compute_epsilon(row: dict, avs: _Averagers) -> dict:
     from .solve import solve_epsilon
 
     spec = get_loss(row["loss"])
-    params = parse_params(row["params"])
+    params = _full_params(spec, parse_params(row["params"]))
     av = avs.get(row["logit_std"], row["samples"], row["seed"])
     out = dict(row)
     try:
@@ -152,7 +152,7 @@ def compute_transfer(row: dict, avs: _Averagers) -> dict:
     from .solve import solve_transfer
 
     spec = get_loss(row["loss"])
-    params = parse_params(row["params"])
+    params = _full_params(spec, parse_params(row["params"]))
     av = avs.get(row["logit_std"], row.get("samples"), row.get("seed"))
     out = dict(row)
     try:

@@ -15,11 +15,17 @@ HELP = """Train a grid of losses × noise levels × seeds and tabulate test accu
 
 --losses takes loss names and variants: NAME* adds --logit-bias auto (mae* is MAE*), NAME@calibrated recalibrates q from K = 100 at its current value to the dataset's K (gce@calibrated: q = 0.7 at K = 100), NAME@P=V sets a parameter. --noise takes rates (0.4 = symmetric:0.4) or any 'calibrate train --noise' spec.
 
-Runs go to OUT/runs/<loss>/<noise>/seed-<s>/; completed runs are skipped and interrupted ones resumed, so the same command continues a grid. Results: OUT/results.md, results.csv, results.json and accuracy.png.
+NAME*peak solves ε with the peak criterion and NAME*above takes the match root above the peak; NAME@eps=V fixes ε.
+
+--sweep QUANTITY=V1,V2,... trains the one loss of --losses over a list of values of ε (eps=0,2,4,match,peak,above: numbers are fixed biases, the words are computed per run) or of a loss parameter (q=0.3,0.5,calibrated), and reports where the computed values land against the best fixed value.
+
+Runs go to OUT/runs/<loss>/<noise>/seed-<s>/, seed by seed; completed runs are skipped and interrupted ones resumed, so the same command continues a grid. --jobs N trains N runs at once in separate processes (same results as --jobs 1 at the same --threads). Results: OUT/results.md, results.csv, results.json and accuracy.png; a sweep writes OUT/sweep-<loss>-<quantity>.md, .csv, .json and .png.
 
 [bold]Examples[/]
 
   calibrate validate --classes 1000 --losses ce,mae,mae*,gce,gce@calibrated --noise 0,0.4 --seeds 0,1,2 --out runs/val
+
+  calibrate validate --classes 1000 --losses mae --sweep eps=0,2,4,match,6,peak,8 --noise 0.4 --seeds 0,1 --jobs 2 --threads 1 --out runs/val
 
   calibrate validate --dataset cifar100 --data-dir ~/data/cifar-100-python --losses gce,gce@calibrated --noise 0.4 --seeds 0-4 --out runs/c100-gce
 """
@@ -37,6 +43,8 @@ def validate(
     losses: Annotated[str, _opt("--losses", panel=GRID, help="Comma-separated losses and variants (NAME, NAME*, NAME@calibrated, NAME@P=V).")] = "ce,mae,mae*,gce,gce@calibrated",
     noise: Annotated[str, _opt("--noise", panel=GRID, help="Comma-separated noise levels (rates mean symmetric noise).")] = "0,0.4",
     seeds: Annotated[str, _opt("--seeds", panel=GRID, help="Comma-separated seeds or a range a-b.")] = "0,1,2",
+    sweep: Annotated[Optional[str], _opt("--sweep", panel=GRID, metavar="Q=V1,V2,...", help="Sweep ε (eps=0,2,match,peak,above) or a parameter of the one loss in --losses (q=0.3,0.5,calibrated).")] = None,
+    jobs: Annotated[int, _opt("--jobs", "-j", panel=RUN, min=1, help="Runs trained at once, each in its own process.")] = 1,
     out: Annotated[str, _opt("--out", "-o", panel=RUN, help="Folder of the grid (runs and results).")] = "runs/validate",
     dataset: Annotated[Optional[str], _opt("--dataset", panel=DATA, help="Dataset (see 'calibrate train --help').")] = None,
     data_dir: Annotated[Optional[str], _opt("--data-dir", panel=DATA, help="Folder with the dataset's files.")] = None,
@@ -67,6 +75,11 @@ def validate(
     from ..train.config import load_config_file
     from ..train.validate import markdown_table, parse_losses, parse_noise_list, parse_seeds, run_grid
 
+    sweep_spec = None
+    if sweep is not None:
+        from ..train.sweep import parse_sweep
+
+        sweep_spec = parse_sweep(sweep, losses)
     variants = parse_losses(losses)
     noises = parse_noise_list(noise)
     seed_list = parse_seeds(seeds)
@@ -84,9 +97,19 @@ def validate(
         base.pop(k, None)  # set per run by the grid
     console = Console(stderr=True)
     command = "calibrate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    log = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    if sweep_spec is not None:
+        from ..train.sweep import run_sweep, sweep_markdown
+
+        res = run_sweep(sweep_spec, base, noises, seed_list, out, jobs=jobs, progress=not quiet,
+                        command=command, log=log)
+        if json_:
+            typer.echo(json.dumps({"out": out, "points": res["points"], "report": res["report"]}))
+        else:
+            typer.echo(sweep_markdown(res), nl=False)
+        return
     results = run_grid(base, variants, noises, seed_list, out, progress=not quiet,
-                       command=command,
-                       log=lambda m: console.print(m, markup=False, highlight=False))
+                       command=command, log=log, jobs=jobs)
     if json_:
         typer.echo(json.dumps({"out": out, "summary": results["summary"]}))
     else:

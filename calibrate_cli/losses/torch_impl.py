@@ -21,12 +21,9 @@ gradient is L'(p)·∂p/∂z with ∂p/∂z_k = p(1 - p) and ∂p/∂z_j = -p σ
 factors p and 1 - p must come out of autograd without cancellation, at p -> 0
 (large K: p ≈ 1/K at initialisation) and at p -> 1. :func:`log_p` writes
 
-.. math:: \ln p = -\ln\bigl(1 + e^{x}\bigr),\quad x = \ln\sum_{j\ne k} e^{z_j} - z_k
-          = \ln\frac{1-p}{p},
-
-whose derivative with respect to z_k is the logistic function of x, i.e. 1 - p
-computed from the *other* classes' mass, and p = exp(ln p) is differentiated as
-p itself. The losses are then written as plain functions of p (``1 - p``,
+ln p with a derivative with respect to z_k of 1 - p computed from the *other*
+classes' mass (a small autograd function, as fast as ``log_softmax``), and
+p = exp(ln p) is differentiated as p itself. The losses are then written as plain functions of p (``1 - p``,
 ``1 - exp(q ln p)``, ...), never through ``expm1`` of ln p: autograd of
 ``expm1`` multiplies by (result + 1), which rebuilds p from 1 - (1 - p) and
 loses it entirely once p < 1e-16 (float64) or grows a relative error of
@@ -62,20 +59,44 @@ def _as_float(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+class _LogP(torch.autograd.Function):
+    """ln σ_k and its exact gradient: one max, one exp and one sum over the logits.
+
+    With m = max_j z_j (at class j*) and r = Σ_{j≠j*} e^{z_j - m}: s = 1 + r, ln p =
+    (z_k - m) - log1p(r), and 1 - p = rest/s with rest = r if k = j*, else s - e^{z_k - m}
+    (no cancellation: then p <= 1/2). Backward: ∂ ln p/∂z_j = -σ_j (j ≠ k), 1 - p (j = k).
+    """
+
+    @staticmethod
+    def forward(ctx, z, t):
+        m, top = z.max(dim=1, keepdim=True)
+        e = torch.sub(z, m).exp_()
+        e.scatter_(1, top, 0.0)
+        r = e.sum(dim=1, keepdim=True)
+        s = r + 1.0
+        rest = torch.where(top == t, r, s - e.gather(1, t))
+        ctx.save_for_backward(e, top, t, s, rest)
+        return ((z.gather(1, t) - m) - torch.log1p(r)).squeeze(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        e, top, t, s, rest = ctx.saved_tensors
+        gs = g[:, None] / s
+        grad = torch.mul(e, -gs)
+        grad.scatter_(1, top, -gs)
+        grad.scatter_(1, t, gs * rest)
+        return grad, None
+
+
 def log_p(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     r"""ln p = ln σ_k per sample, with a gradient that is accurate at p -> 0 and p -> 1.
 
-    .. math:: \ln p = -\mathrm{logaddexp}(0, x),\qquad x = \ln\sum_{j\ne k} e^{z_j} - z_k.
-
-    ∂ ln p/∂z_k = 1 - p comes out as the logistic function of x (no 1 - σ_k
-    cancellation) and ∂ ln p/∂z_j = -σ_j. Costs about what ``log_softmax`` does.
+    ∂ ln p/∂z_k = 1 - p is computed from the mass of the other classes (never as
+    1 - σ_k) and ∂ ln p/∂z_j = -σ_j; the cost is that of ``log_softmax``. First
+    derivatives only (no double backward).
     """
-    z = _as_float(logits)
-    t = target.long().view(-1, 1)
-    zk = z.gather(1, t).squeeze(1)
-    others = z.scatter(1, t, float("-inf"))
-    x = torch.logsumexp(others, dim=1) - zk
-    return -torch.logaddexp(torch.zeros_like(x), x)
+    return _LogP.apply(_as_float(logits), target.long().view(-1, 1))
 
 
 # ------------------------------------------------------------------ σ_k alone

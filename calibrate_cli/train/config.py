@@ -65,6 +65,7 @@ class TrainConfig:
     loss_params: dict = field(default_factory=dict)
     logit_bias: str = "0"                   # a number, or "auto" (solved for K and the measured std)
     bias_criterion: str = "match"
+    bias_branch: str = "below"              # match criterion: the root below or above the peak
     calibrate: str | None = None            # a loss parameter to recalibrate for K (e.g. q)
     calibrate_from: int | None = None       # reference K of the literature value
     logit_std: float | None = None          # None: measured on the first batches at init
@@ -131,7 +132,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 RESULT_FIELDS = (
     "dataset", "classes", "train_samples_per_class", "test_samples_per_class", "image_size",
     "data_seed", "noise", "noise_seed", "augment", "model", "zero_init_residual", "sync_bn", "loss",
-    "loss_preset", "loss_params", "logit_bias", "bias_criterion", "calibrate", "calibrate_from",
+    "loss_preset", "loss_params", "logit_bias", "bias_criterion", "bias_branch", "calibrate", "calibrate_from",
     "logit_std", "measure_batches", "batch_size", "optimizer", "lr", "momentum", "nesterov",
     "weight_decay", "schedule", "step_size", "gamma", "warmup_epochs", "grad_clip", "seed",
     "precision",
@@ -316,6 +317,12 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     bias = parse_logit_bias(c.logit_bias)
     c.logit_bias = bias if bias == "auto" else f"{bias:g}"
     c.bias_criterion = _choice("bias_criterion", c.bias_criterion, ("match", "peak"))
+    c.bias_branch = _choice("bias_branch", c.bias_branch, ("below", "above"))
+    if c.logit_bias != "auto" and (c.bias_criterion != "match" or c.bias_branch != "below"):
+        raise UsageError("--bias-criterion and --bias-branch choose how --logit-bias auto is "
+                         f"solved; this run has --logit-bias {c.logit_bias} (add --logit-bias auto)")
+    if c.bias_criterion == "peak" and c.bias_branch != "below":
+        raise UsageError("--bias-branch applies to --bias-criterion match only (peak has one ε)")
     c.calibrate = None if c.calibrate in (None, "", "none") else str(c.calibrate).strip()
     c.calibrate_from = _as_int("calibrate_from", c.calibrate_from, 2, allow_none=True)
     if c.logit_std is not None:

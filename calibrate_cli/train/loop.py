@@ -28,7 +28,10 @@ What one run does, in order:
 Per-epoch record (``metrics.csv``, ``metrics.json``): ``train_loss`` (mean of
 L_ε over the epoch's samples, as optimised), ``train_acc_noisy`` /
 ``train_acc_clean`` (argmax of the raw logits of the training batches, in train
-mode, against the noisy / the original labels), ``test_top1`` / ``test_top5``
+mode, against the noisy / the original labels), ``memorised`` / ``recovered``
+(the same predictions restricted to the training samples whose label the noise
+changed: the fraction predicted as their noisy label, i.e. memorised, and as
+their true label; empty without noise), ``test_top1`` / ``test_top5``
 (eval mode, raw logits), ``lr``, and the mean and std of the correct-class logit
 z_y (y: the training label) and of the other K - 1 logits over the epoch's
 training batches. All of it is summed on the device and synchronised once per
@@ -86,7 +89,7 @@ from .config import TrainConfig, changed_result_fields, default_out_dir
 CHECKPOINT = "checkpoint.pt"
 #: Columns of metrics.csv, in order (imagenet_* only when --imagenet-val-dir is given).
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc_noisy", "train_acc_clean",
-                  "test_top1", "test_top5", "logit_correct_mean", "logit_correct_std",
+                  "memorised", "recovered", "test_top1", "test_top5", "logit_correct_mean", "logit_correct_std",
                   "logit_other_mean", "logit_other_std", "samples_per_s", "time_s")
 
 
@@ -299,9 +302,10 @@ def derive_loss_settings(cfg: TrainConfig, spec, params: dict, classes: int,
                 f"{res.value:.4f} at K = {classes}")
     if cfg.logit_bias == "auto":
         res = solve_epsilon(spec, out["params"], classes, Gaussian(0.0, out["logit_std"]),
-                            criterion=cfg.bias_criterion)
+                            criterion=cfg.bias_criterion, branch=cfg.bias_branch)
         eps = float(res.epsilon)
-        out["epsilon_info"] = {"criterion": cfg.bias_criterion, "classes": classes,
+        out["epsilon_info"] = {"criterion": cfg.bias_criterion, "branch": cfg.bias_branch,
+                               "classes": classes,
                                "delta_before": float(res.delta_before),
                                "delta_after": float(res.delta_after)}
         log(f"logit bias ε = {eps:.4f} ({cfg.bias_criterion} criterion, K = {classes}, "
@@ -523,7 +527,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                 if isinstance(train_data, FileData):
                     train_data.ds.epoch = epoch
                 idx = global_batches(train_data.n, cfg.batch_size, cfg.seed, epoch)
-                acc = torch.zeros(8, dtype=stat_dtype, device=device)
+                acc = torch.zeros(11, dtype=stat_dtype, device=device)
                 t0 = time.perf_counter()
                 seen = 0
                 bar.start_epoch(epoch, cfg.epochs, len(idx))
@@ -550,11 +554,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                         zd = z.detach()
                         pred = zd.argmax(1)
                         zc = zd.gather(1, y[:, None])
+                        changed = y != yc  # labels the noise moved
                         seen += y.numel()
                         acc[1:] += torch.stack([
                             per.detach().sum(), (pred == y).sum(dtype=torch.float32),
                             (pred == yc).sum(dtype=torch.float32), zc.sum(), zc.square().sum(),
-                            zd.sum(), zd.square().sum()]).to(stat_dtype)
+                            zd.sum(), zd.square().sum(), changed.sum(dtype=torch.float32),
+                            (changed & (pred == y)).sum(dtype=torch.float32),
+                            (changed & (pred == yc)).sum(dtype=torch.float32)]).to(stat_dtype)
                     bar.step(step, acc, seen, t0)
                 acc[0] = seen
                 if dist.enabled:
@@ -580,7 +587,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                         _write_metrics(out, history, config_record, "running", extra_eval)
                         if writer is not None:
                             for k, v in row.items():
-                                if k != "epoch":
+                                if k != "epoch" and v is not None:
                                     writer.add_scalar(k, v, epoch + 1)
                             writer.flush()
                     saved = len(history)
@@ -639,13 +646,16 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _epoch_row(epoch: int, lr: float, a: list[float], K: int, elapsed: float) -> dict:
-    n, loss, ok_noisy, ok_clean, zc, zc2, z_all, z2_all = a
+    n, loss, ok_noisy, ok_clean, zc, zc2, z_all, z2_all, n_moved, fit_noisy, fit_true = a
     zo, zo2 = z_all - zc, z2_all - zc2
     n = max(n, 1.0)
     no = n * (K - 1)
     mc, mo = zc / n, zo / no
     return {"epoch": epoch, "lr": lr, "train_loss": loss / n, "train_acc_noisy": ok_noisy / n,
-            "train_acc_clean": ok_clean / n, "test_top1": float("nan"), "test_top5": float("nan"),
+            "train_acc_clean": ok_clean / n,
+            "memorised": fit_noisy / n_moved if n_moved else None,
+            "recovered": fit_true / n_moved if n_moved else None,
+            "test_top1": float("nan"), "test_top5": float("nan"),
             "logit_correct_mean": mc, "logit_correct_std": math.sqrt(max(zc2 / n - mc * mc, 0.0)),
             "logit_other_mean": mo, "logit_other_std": math.sqrt(max(zo2 / no - mo * mo, 0.0)),
             "samples_per_s": n / max(elapsed, 1e-9), "time_s": elapsed}
@@ -694,13 +704,16 @@ def _write_metrics(out: str, history: list[dict], record: dict, status: str, ext
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in history:
-        w.writerow([r["epoch"]] + [f"{r[c]:.6g}" for c in cols[1:]])
+        w.writerow([r["epoch"]] + ["" if r.get(c) is None else f"{r[c]:.6g}" for c in cols[1:]])
     write_atomic(os.path.join(out, "metrics.csv"), buf.getvalue())
     summary = {}
     if history:
         best = max(history, key=lambda r: r["test_top1"])
         summary = {"last_top1": history[-1]["test_top1"], "last_top5": history[-1]["test_top5"],
-                   "best_top1": best["test_top1"], "best_epoch": best["epoch"]}
+                   "best_top1": best["test_top1"], "best_epoch": best["epoch"],
+                   "best_minus_last": best["test_top1"] - history[-1]["test_top1"],
+                   "memorised": history[-1].get("memorised"),
+                   "recovered": history[-1].get("recovered")}
     write_json(os.path.join(out, "metrics.json"), {
         "version": record["version"], "command": record["command"], "status": status,
         "epochs_planned": record["config"]["epochs"], "epochs_done": len(history),
@@ -757,4 +770,6 @@ class _Progress:
         info = (f"loss {row['train_loss']:.4f}  acc {100 * row['train_acc_noisy']:.1f}% "
                 f"(clean {100 * row['train_acc_clean']:.1f}%)  test {100 * row['test_top1']:.2f}%  "
                 f"{row['samples_per_s']:.0f} samples/s")
+        if row.get("memorised") is not None:
+            info += f"  memorised {100 * row['memorised']:.1f}%"
         self.bar.update(self.task, completed=self.bar.tasks[-1].total, info=info)

@@ -6,7 +6,11 @@ Labels in ``--losses`` (comma separated):
     the loss with its defaults (``--preset``/``--set`` of the grid apply when the
     loss has the parameters);
 ``NAME*``
-    the loss with ``--logit-bias auto`` (``mae*`` is the paper's MAE*);
+    the loss with ``--logit-bias auto`` (``mae*`` is the paper's MAE*), criterion
+    ``match``, root below the peak; ``NAME*peak`` with criterion ``peak``;
+    ``NAME*above`` with ``match``'s other root, above the peak;
+``NAME@eps=V``
+    the loss with the fixed logit bias ε = V (``--logit-bias V``);
 ``NAME@calibrated``
     the loss with its q recalibrated from K = 100 at its current value (GCE:
     q = 0.7, the CIFAR-100 value) to the dataset's K (``--calibrate q
@@ -20,11 +24,19 @@ any spec of ``calibrate train --noise`` is accepted.
 
 Every run is a ``calibrate train`` run in ``OUT/runs/<label>/<noise>/seed-<s>/``.
 A run whose ``metrics.json`` says ``complete`` with the planned epochs is
-skipped; a run with a checkpoint is resumed. The dataset is loaded once.
+skipped; a run with a checkpoint is resumed. The dataset is loaded once (per
+process). Runs go seed by seed (all of seed 0 first), so an interrupted grid
+already has a complete first seed. ``jobs`` > 1 trains that many runs at once in
+worker processes (:mod:`calibrate_cli.train.parallel`); every run is seeded by its
+own settings, so the results equal those of ``jobs = 1`` at the same ``--threads``.
 
 Results (``OUT/results.{json,csv,md}``, ``OUT/accuracy.png``): per label and
 noise level, the mean and the sample standard deviation (ddof = 1; 0 for one
-seed) over seeds of the last-epoch and of the best-epoch test top-1 accuracy.
+seed) over seeds of the last-epoch and of the best-epoch test top-1 accuracy,
+of best − last (how much a run lost after its best epoch), and of the
+memorisation at the last epoch: among the training samples whose label the noise
+changed, the fraction predicted as the noisy label (``memorised``) and as the
+true label (``recovered``).
 Last-epoch accuracy is the literature's convention (APL, ALFs, ANL); best-epoch
 accuracy peeks at the test set and is shown for comparison only.
 """
@@ -54,6 +66,8 @@ class LossVariant:
     label: str
     loss: str
     logit_bias: str = "0"
+    bias_criterion: str = "match"
+    bias_branch: str = "below"
     calibrate: str | None = None
     calibrate_from: int | None = None
     params: tuple = ()
@@ -71,11 +85,23 @@ def parse_losses(text: str) -> list[LossVariant]:
         name = raw
         if "@" in raw:
             name, _, rest = raw.partition("@")
-        star = name.endswith("*")
+        kw: dict = {"logit_bias": "0"}
+        star = re.fullmatch(r"(.+)\*(peak|above|match)?", name)
         if star:
-            name = name[:-1]
+            name, how = star.group(1), star.group(2) or "match"
+            kw["logit_bias"] = "auto"
+            kw["bias_criterion"] = "peak" if how == "peak" else "match"
+            kw["bias_branch"] = "above" if how == "above" else "below"
         spec = get_loss(name)  # UsageError for an unknown loss
-        kw: dict = {"logit_bias": "auto" if star else "0"}
+        if rest is not None and re.fullmatch(r"(eps|epsilon)=.+", rest):
+            if star:
+                raise UsageError(f"--losses {raw}: give either * (ε solved) or @eps=V (ε fixed)")
+            value = rest.partition("=")[2]
+            try:
+                kw["logit_bias"] = f"{float(value):g}"
+            except ValueError:
+                raise UsageError(f"--losses {raw}: '{value}' is not a number") from None
+            rest = None
         if rest is not None:
             m = re.fullmatch(r"calibrated(?::([A-Za-z_]\w*):(\d+))?", rest)
             a = re.fullmatch(r"([A-Za-z_]\w*)=(.+)", rest)
@@ -91,7 +117,7 @@ def parse_losses(text: str) -> list[LossVariant]:
                     raise UsageError(f"--losses {raw}: '{a.group(2)}' is not a number") from None
             else:
                 raise UsageError(f"--losses {raw}: after '@' expected 'calibrated', "
-                                 "'calibrated:PARAM:K' or 'PARAM=VALUE'")
+                                 "'calibrated:PARAM:K', 'eps=VALUE' or 'PARAM=VALUE'")
         if any(v.label == label for v in out):
             raise UsageError(f"--losses: '{label}' is listed twice")
         out.append(LossVariant(label=label, loss=spec.name, **kw))
@@ -153,7 +179,8 @@ def run_config(base: dict, variant: LossVariant, noise: str, seed: int, out: str
     if preset and preset.strip().lower() not in spec.presets:
         preset = None
     values.update(loss=variant.loss, loss_params=params, loss_preset=preset,
-                  logit_bias=variant.logit_bias, calibrate=variant.calibrate,
+                  logit_bias=variant.logit_bias, bias_criterion=variant.bias_criterion,
+                  bias_branch=variant.bias_branch, calibrate=variant.calibrate,
                   calibrate_from=variant.calibrate_from, noise=noise, seed=seed, out=out)
     return resolve_config(cli_values=values)
 
@@ -170,42 +197,44 @@ def _read_metrics(path: str) -> dict | None:
         return None
 
 
+def grid_cells(variants: list[LossVariant], noises: list[str], seeds: list[int]) -> list[tuple]:
+    """(variant, noise, seed) in the order they are trained: seed by seed."""
+    return [(v, n, s) for s in seeds for v in variants for n in noises]
+
+
 def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: list[int],
              out: str, *, progress: bool = True, command: str | None = None,
-             log=print, bundle=None) -> dict:
-    """Train every cell not yet complete, then write and return the results."""
-    from .loop import CHECKPOINT, train, write_json
+             log=print, bundle=None, jobs: int = 1, record: str | None = "grid.json") -> dict:
+    """Train every cell not yet complete (``jobs`` at a time), then write and return the
+    results. ``record``: the file that records the grid and the command (None: none)."""
+    from .loop import write_json
 
     make_folder(out, "--out")
-    cells = [(v, n, s) for v in variants for n in noises for s in seeds]
+    cells = grid_cells(variants, noises, seeds)
     configs = [run_config(base, v, n, s, run_dir(out, v, n, s)) for v, n, s in cells]
     first = configs[0]
-    if bundle is None:
-        todo = [c for c in configs if not _complete(c)]
-        if todo:
-            from .data import load_dataset
-
-            bundle = load_dataset(first.dataset, first.data_dir, classes=first.classes,
-                                  train_per_class=first.train_samples_per_class,
-                                  test_per_class=first.test_samples_per_class,
-                                  image_size=first.image_size, seed=first.data_seed)
     grid = {"dataset": first.dataset, "classes": first.classes, "model": first.model,
             "epochs": first.epochs, "losses": [v.label for v in variants], "noise": noises,
             "seeds": seeds, "train_per_class": first.train_samples_per_class,
             "test_per_class": first.test_samples_per_class, "batch_size": first.batch_size,
             "lr": first.lr, "optimizer": first.optimizer}
-    write_json(os.path.join(out, "grid.json"), {"version": __version__, "command": command,
-                                                "grid": grid, "base": base})
+    if record:
+        write_json(os.path.join(out, record), {"version": __version__, "command": command,
+                                               "grid": grid, "base": base})
+    todo = []
     for i, ((v, n, s), cfg) in enumerate(zip(cells, configs), 1):
         tag = f"[{i}/{len(cells)}] {v.label}, noise {n}, seed {s}"
         if _complete(cfg):
             log(f"{tag}: complete, skipped")
-            continue
-        resume = os.path.isfile(os.path.join(cfg.out, CHECKPOINT))
-        log(f"{tag}: {'resuming' if resume else 'training'} in {cfg.out}")
-        train(cfg, resume=resume, bundle=bundle, progress=progress, command=command)
+        else:
+            todo.append((tag, cfg))
+    if todo:
+        from .parallel import train_runs
+
+        train_runs(todo, jobs=jobs, bundle=bundle, progress=progress, command=command, log=log)
     results = collect_results(out, cells, configs, grid, command)
-    write_results(out, results)
+    if record:
+        write_results(out, results)
     return results
 
 
@@ -241,20 +270,33 @@ def collect_results(out, cells, configs, grid, command) -> dict:
             "status": m.get("status", "missing"), "dir": os.path.relpath(cfg.out, out),
             "epochs": [r["epoch"] for r in hist], "test_top1": top1,
             "train_acc_clean": [r["train_acc_clean"] for r in hist],
+            "train_acc_noisy": [r["train_acc_noisy"] for r in hist],
+            "memorised": [r.get("memorised") for r in hist],
+            "recovered": [r.get("recovered") for r in hist],
             "last_top1": top1[-1] if top1 else None, "best_top1": max(top1) if top1 else None,
+            "best_minus_last": max(top1) - top1[-1] if top1 else None,
+            "last_memorised": hist[-1].get("memorised") if hist else None,
+            "last_recovered": hist[-1].get("recovered") if hist else None,
+            "last_train_acc_noisy": hist[-1]["train_acc_noisy"] if hist else None,
         })
     summary = []
     for label in grid["losses"]:
         for n in grid["noise"]:
             done = [r for r in runs if r["label"] == label and r["noise"] == n
                     and r["status"] == "complete"]
-            last = [r["last_top1"] for r in done]
-            best = [r["best_top1"] for r in done]
-            summary.append({"label": label, "noise": n, "n": len(done),
-                            "last_mean": _mean(last), "last_std": _std(last),
-                            "best_mean": _mean(best), "best_std": _std(best)})
+            row = {"label": label, "noise": n, "n": len(done)}
+            for key, name in SUMMARY_FIELDS:
+                xs = [r[key] for r in done if r[key] is not None]
+                row[f"{name}_mean"], row[f"{name}_std"] = _mean(xs), _std(xs)
+            summary.append(row)
     return {"version": __version__, "command": command, "grid": grid, "runs": runs,
             "summary": summary}
+
+
+#: (per-run key, summary name): each gets ``<name>_mean`` and ``<name>_std`` over seeds.
+SUMMARY_FIELDS = (("last_top1", "last"), ("best_top1", "best"), ("best_minus_last", "drop"),
+                  ("last_memorised", "memorised"), ("last_recovered", "recovered"),
+                  ("last_train_acc_noisy", "fit_noisy"))
 
 
 def _mean(xs):
@@ -304,6 +346,25 @@ def markdown_table(results: dict) -> str:
             cells.append(f"{_pct(s['last_mean'], s['last_std'])} "
                          f"({_pct(s['best_mean'], s['best_std'])}) n={s['n']}")
         lines.append("| " + " | ".join(cells) + " |")
+    noisy = [n for n in g["noise"] if any(by[(label, n)].get("memorised_mean") is not None
+                                         for label in g["losses"])]
+    if noisy:
+        lines += ["", "Memorisation at the last epoch (%), mean over seeds: of the training samples "
+                  "whose label the noise changed, predicted as the noisy label / as the true label; "
+                  "and best − last test top-1 (points lost after the best epoch).", ""]
+        head = ["loss"] + [f"noise {n}" for n in noisy]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for label in g["losses"]:
+            cells = [label]
+            for n in noisy:
+                s = by[(label, n)]
+                if s["memorised_mean"] is None:
+                    cells.append("–")
+                    continue
+                cells.append(f"{100 * s['memorised_mean']:.1f} / {100 * s['recovered_mean']:.1f} "
+                             f"(best − last {100 * s['drop_mean']:.2f})")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -313,11 +374,11 @@ def write_results(out: str, results: dict) -> None:
     write_json(os.path.join(out, "results.json"), results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label", "noise", "n", "last_mean", "last_std", "best_mean", "best_std"])
+    keys = [f"{name}_{stat}" for _, name in SUMMARY_FIELDS for stat in ("mean", "std")]
+    w.writerow(["label", "noise", "n"] + keys)
     for s in results["summary"]:
         w.writerow([s["label"], s["noise"], s["n"]] +
-                   ["" if s[k] is None else f"{s[k]:.6g}"
-                    for k in ("last_mean", "last_std", "best_mean", "best_std")])
+                   ["" if s.get(k) is None else f"{s[k]:.6g}" for k in keys])
     write_atomic(os.path.join(out, "results.csv"), buf.getvalue())
     write_atomic(os.path.join(out, "results.md"), markdown_table(results))
     plot_results(results, os.path.join(out, "accuracy.png"))

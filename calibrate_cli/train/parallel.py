@@ -1,0 +1,111 @@
+"""Training the runs of a grid (``calibrate validate``, ``calibrate sweep``), one or several at once.
+
+With ``jobs = 1`` the runs train one after the other in this process, which loads the
+dataset once. With ``jobs = N > 1`` they train N at a time in worker processes
+(``spawn``: no state, no OpenMP pool, inherited from the parent), each of which loads the
+dataset once and sets torch's thread count from the run's ``--threads`` (default: the
+CPU count divided by N, at least 1). A run depends only on its own settings and seeds,
+so the results are those of ``jobs = 1`` at the same ``--threads``; the tests check that.
+
+Ctrl-C: every worker finishes writing its current run's completed epochs (each run
+catches the interrupt as ``calibrate train`` does), the parent then raises
+``KeyboardInterrupt``; running the same command again resumes the grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+from .config import TrainConfig
+
+_BUNDLE = None  # the dataset of a worker process, loaded once
+
+
+def _load_bundle(cfg: TrainConfig):
+    from .data import load_dataset
+
+    return load_dataset(cfg.dataset, cfg.data_dir, classes=cfg.classes,
+                        train_per_class=cfg.train_samples_per_class,
+                        test_per_class=cfg.test_samples_per_class,
+                        image_size=cfg.image_size, seed=cfg.data_seed)
+
+
+def _resume(cfg: TrainConfig) -> bool:
+    from .loop import CHECKPOINT
+
+    return os.path.isfile(os.path.join(cfg.out, CHECKPOINT))
+
+
+def default_threads(jobs: int) -> int:
+    """CPU threads per run when ``jobs`` runs share the machine: cores // jobs, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, jobs))
+
+
+def _worker_init(cfg_dict: dict, threads: int) -> None:
+    global _BUNDLE
+    import torch
+
+    torch.set_num_threads(threads)
+    _BUNDLE = _load_bundle(TrainConfig(**cfg_dict))
+
+
+def _worker_run(cfg_dict: dict, command: str | None) -> dict:
+    from .loop import train
+
+    cfg = TrainConfig(**cfg_dict)
+    result = train(cfg, resume=_resume(cfg), bundle=_BUNDLE, progress=False, command=command)
+    return {"last_top1": result.last_top1, "best_top1": result.best_top1,
+            "epsilon": result.derived.get("epsilon")}
+
+
+def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=None,
+               progress: bool = True, command: str | None = None,
+               log: Callable[[str], None] = print) -> None:
+    """Train (or resume) each ``(tag, config)`` of ``todo``; ``jobs`` at a time."""
+    if not todo:
+        return
+    jobs = max(1, min(int(jobs), len(todo)))
+    if jobs == 1:
+        from .loop import train
+
+        for tag, cfg in todo:
+            resume = _resume(cfg)
+            log(f"{tag}: {'resuming' if resume else 'training'} in {cfg.out}")
+            if bundle is None:
+                bundle = _load_bundle(cfg)
+            train(cfg, resume=resume, bundle=bundle, progress=progress, command=command)
+        return
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = todo[0][1].threads or default_threads(jobs)
+    todo = [(tag, dataclasses.replace(cfg, threads=cfg.threads or threads)) for tag, cfg in todo]
+    log(f"training {len(todo)} runs, {jobs} at a time, {threads} thread(s) each")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init,
+                               initargs=(todo[0][1].to_dict(), threads))
+    pending = {}
+    queue = list(todo)
+    try:
+        while queue or pending:
+            while queue and len(pending) < jobs:
+                tag, cfg = queue.pop(0)
+                log(f"{tag}: {'resuming' if _resume(cfg) else 'training'} in {cfg.out}")
+                pending[pool.submit(_worker_run, cfg.to_dict(), command)] = tag
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                tag = pending.pop(fut)
+                r = fut.result()  # re-raises a run's error here
+                if r["last_top1"] is not None:
+                    log(f"{tag}: done, test top-1 {100 * r['last_top1']:.2f}% at the last epoch, "
+                        f"{100 * r['best_top1']:.2f}% best")
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)  # let the workers save their epochs
+        raise
+    pool.shutdown(wait=True)

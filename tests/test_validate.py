@@ -1,0 +1,198 @@
+"""Memorisation metrics, ``validate --jobs`` and ``validate --sweep`` on tiny glyph grids."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from calibrate_cli.cli.app import build_app  # noqa: E402
+from calibrate_cli.errors import UsageError  # noqa: E402
+from calibrate_cli.train import loop  # noqa: E402
+from calibrate_cli.train.config import resolve_config  # noqa: E402
+from calibrate_cli.train.data import load_dataset  # noqa: E402
+from calibrate_cli.train.models import create_model  # noqa: E402
+from calibrate_cli.train.sweep import parse_sweep  # noqa: E402
+from calibrate_cli.train.validate import grid_cells, parse_losses  # noqa: E402
+
+APP = build_app()
+torch.set_num_threads(1)
+GRID = ["--classes", "10", "--train-per-class", "6", "--test-per-class", "3", "--model", "mlp32",
+        "--epochs", "2", "--threads", "1", "-q"]
+VOLATILE = ("samples_per_s", "time_s")
+
+
+def run(*args):
+    return CliRunner().invoke(APP, [str(a) for a in args])
+
+
+def ok(*args):
+    r = run(*args)
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    return r
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def stable_runs(results):
+    """Every run's per-epoch numbers, without timings and folder-dependent fields."""
+    out = {}
+    for r in results["runs"]:
+        metrics = load_json_path(r)
+        out[r["id"]] = [{k: v for k, v in row.items() if k not in VOLATILE}
+                        for row in metrics["epochs"]]
+    return out
+
+
+_ROOT = {}
+
+
+def load_json_path(run):
+    return load_json(_ROOT["out"] / run["dir"] / "metrics.json")
+
+
+# ------------------------------------------------------------------ memorisation
+
+def test_memorisation_metrics_by_hand(tmp_path):
+    """With a learning rate of 1e-30 the weights do not move, so every batch of the epoch is
+    predicted by the initial model: memorised/recovered are then counted here by hand."""
+    cfg = resolve_config(cli_values=dict(classes=10, train_samples_per_class=12,
+                                         test_samples_per_class=4, model="mlp64", batch_size=32,
+                                         epochs=1, lr=1e-30, noise="symmetric:0.5",
+                                         out=str(tmp_path / "r")))
+    res = loop.train(cfg, progress=False)
+    row = res.history[0]
+    bundle = load_dataset("glyphs", classes=10, train_per_class=12, test_per_class=4)
+    model = create_model("mlp64", num_classes=10, in_channels=1, image_size=bundle.image_size)
+    x = torch.tensor(bundle.train.images, dtype=torch.float32).permute(0, 3, 1, 2) / 255
+    with torch.no_grad():
+        pred = model((x - bundle.mean[0]) / bundle.std[0]).argmax(1).numpy()
+    noisy = np.load(tmp_path / "r" / "noisy_labels.npz")["labels"]
+    clean = np.asarray(bundle.train.labels)
+    moved = noisy != clean
+    assert moved.sum() == 60  # half of 12 per class, 10 classes
+    assert row["memorised"] == pytest.approx(np.mean(pred[moved] == noisy[moved]), abs=1e-12)
+    assert row["recovered"] == pytest.approx(np.mean(pred[moved] == clean[moved]), abs=1e-12)
+    assert row["train_acc_noisy"] == pytest.approx(np.mean(pred == noisy), abs=1e-12)
+    metrics = load_json(tmp_path / "r" / "metrics.json")
+    assert metrics["memorised"] == row["memorised"]
+    assert metrics["best_minus_last"] == 0.0
+    header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[5:7] == ["memorised", "recovered"]
+
+
+def test_memorisation_is_empty_without_noise(tmp_path):
+    cfg = resolve_config(cli_values=dict(classes=10, train_samples_per_class=6,
+                                         test_samples_per_class=3, model="mlp32", epochs=1,
+                                         out=str(tmp_path / "r")))
+    res = loop.train(cfg, progress=False)
+    assert res.history[0]["memorised"] is None and res.history[0]["recovered"] is None
+    line = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert line[5:7] == ["", ""]
+
+
+# ------------------------------------------------------------------------- --jobs
+
+def test_jobs_give_the_same_results_as_one_process(tmp_path):
+    args = [*GRID, "--losses", "ce,mae*", "--noise", "0,0.5", "--seeds", "0,1"]
+    ok("validate", *args, "--out", tmp_path / "one")
+    ok("validate", *args, "--jobs", "2", "--out", tmp_path / "two")
+    one, two = load_json(tmp_path / "one" / "results.json"), load_json(tmp_path / "two" /
+                                                                       "results.json")
+    assert one["summary"] == two["summary"]
+    _ROOT["out"] = tmp_path / "one"
+    a = stable_runs(one)
+    _ROOT["out"] = tmp_path / "two"
+    b = stable_runs(two)
+    assert a == b and len(a) == 8
+    # memorisation reaches the results: summary fields for the noisy setting
+    noisy = [s for s in one["summary"] if s["noise"] != "none"]
+    assert all(s["memorised_mean"] is not None and s["drop_mean"] >= 0 for s in noisy)
+    assert "Memorisation at the last epoch" in (tmp_path / "one" / "results.md").read_text()
+
+
+def test_cells_go_seed_by_seed():
+    v = parse_losses("ce,mae")
+    cells = grid_cells(v, ["none", "symmetric:0.4"], [0, 1])
+    assert [s for _, _, s in cells] == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_variant_labels():
+    v = {x.label: x for x in parse_losses("mae*,mae*peak,mae*above,mae@eps=2.5,gce@q=0.5")}
+    assert (v["mae*"].logit_bias, v["mae*"].bias_criterion, v["mae*"].bias_branch) == \
+        ("auto", "match", "below")
+    assert v["mae*peak"].bias_criterion == "peak"
+    assert v["mae*above"].bias_branch == "above"
+    assert v["mae@eps=2.5"].logit_bias == "2.5" and v["mae@eps=2.5"].loss == "mae"
+    with pytest.raises(UsageError):
+        parse_losses("mae*@eps=2")
+    with pytest.raises(UsageError):
+        parse_losses("mae@eps=x")
+
+
+def test_bias_criterion_without_auto_bias_is_a_usage_error(tmp_path):
+    r = run("train", "--bias-criterion", "peak", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--logit-bias auto" in r.stderr
+
+
+# ------------------------------------------------------------------------- --sweep
+
+def test_sweep_parsing():
+    s = parse_sweep("eps=0,2.5,match,peak", "mae")
+    assert [p.variant.label for p in s.points] == ["mae@eps=0", "mae@eps=2.5", "mae*", "mae*peak"]
+    assert [p.computed for p in s.points] == [None, None, "match", "peak"]
+    s = parse_sweep("q=0.5,calibrated", "gce")
+    assert [p.variant.label for p in s.points] == ["gce@q=0.5", "gce@calibrated:q:100"]
+    for bad, losses in [("eps=match", "mae"), ("eps=1,x", "mae"), ("zz=1", "mae"),
+                        ("q=1", "mae,gce"), ("eps=1", "mae*"), ("eps", "mae")]:
+        with pytest.raises(UsageError):
+            parse_sweep(bad, losses)
+
+
+def test_sweep_results_report_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "sw"
+    sweep = ["--classes", "20", *GRID[2:], "--losses", "mae", "--noise", "0.5", "--seeds", "0,1"]
+    # a first, smaller sweep, as if interrupted after two of its values
+    ok("validate", *sweep, "--sweep", "eps=0,match", "--out", out)
+    done = {p.name for p in (out / "runs").iterdir()}
+    assert done == {"mae-at-eps-0", "mae-star"}
+    # one run of the full sweep half-trained (1 of 2 epochs): it must be resumed, not redone
+    ok("train", "--classes", "20", "--train-per-class", "6", "--test-per-class", "3", "--model",
+       "mlp32", "--threads", "1", "-q", "--epochs", "1", "--loss", "mae",
+       "--logit-bias", "2", "--noise", "symmetric:0.5", "--seed", "0",
+       "--out", out / "runs" / "mae-at-eps-2" / "symmetric-0.5" / "seed-0")
+    r = ok("validate", *sweep, "--sweep", "eps=0,2,match,peak", "--out", out)
+    assert r.stderr.count("complete, skipped") == 4
+    assert "resuming" in r.stderr
+    res = load_json(out / "sweep-mae-eps.json")
+    # the same sweep from scratch gives the same numbers
+    ok("validate", *sweep, "--sweep", "eps=0,2,match,peak", "--out", tmp_path / "fresh")
+    fresh = load_json(tmp_path / "fresh" / "sweep-mae-eps.json")
+    assert res["points"] == fresh["points"]
+    pts = {p["label"]: p for p in res["points"]}
+    assert pts["mae@eps=2"]["value"] == 2.0 and pts["mae@eps=2"]["computed"] is None
+    eps = [r["logit_bias"] for r in res["runs"] if r["label"] == "mae*"]
+    assert pts["mae*"]["value"] == pytest.approx(np.mean(eps)) and 0.5 < pts["mae*"]["value"] < 1.5  # ≈ ln(19/9)
+    peak = [r["logit_bias"] for r in res["runs"] if r["label"] == "mae*peak"]
+    assert np.mean(peak) > pts["mae*"]["value"]
+    # the report: computed accuracy over the best fixed point, trainings of the fixed points
+    fixed = [p for p in res["points"] if p["computed"] is None]
+    best = max(fixed, key=lambda p: p["last_mean"])
+    rep = {x["computed"]: x for x in res["report"]}
+    assert set(rep) == {"match", "peak"}
+    assert rep["match"]["sweep_trainings"] == 4 and rep["match"]["sweep_points"] == 2
+    assert rep["match"]["best_fixed_mean"] == best["last_mean"]
+    if best["last_mean"] > 0:
+        assert rep["match"]["fraction_of_best"] == pytest.approx(pts["mae*"]["last_mean"] /
+                                                                 best["last_mean"])
+    for ext in ("md", "csv", "png"):
+        assert (out / f"sweep-mae-eps.{ext}").stat().st_size > 0
+    assert "computed (match)" in (out / "sweep-mae-eps.md").read_text()
