@@ -150,7 +150,9 @@ def test_sweep_parsing():
     assert [p.variant.label for p in s.points] == ["mae@eps=0", "mae@eps=2.5", "mae*", "mae*peak"]
     assert [p.computed for p in s.points] == [None, None, "match", "peak"]
     s = parse_sweep("q=0.5,calibrated", "gce")
-    assert [p.variant.label for p in s.points] == ["gce@q=0.5", "gce@calibrated:q:100"]
+    assert [p.variant.label for p in s.points] == ["gce@q=0.5", "gce@calibrated"]
+    s = parse_sweep("a=1,calibrated", "agce", calibrate_from=10)
+    assert [p.variant.label for p in s.points] == ["agce@a=1", "agce@calibrated:a:10"]
     for bad, losses in [("eps=match", "mae"), ("eps=1,x", "mae"), ("zz=1", "mae"),
                         ("q=1", "mae,gce"), ("eps=1", "mae*"), ("eps", "mae")]:
         with pytest.raises(UsageError):

@@ -80,7 +80,9 @@ def parse_sweep(spec: str, losses: str, calibrate_from: int = 100) -> Sweep:
         if quantity == "eps" and key in EPSILON_POINTS:
             labels.append((f"{loss}{EPSILON_POINTS[key]}", key, None))
         elif quantity != "eps" and key == "calibrated":
-            labels.append((f"{loss}@calibrated:{quantity}:{calibrate_from}", key, None))
+            short = quantity == "q" and calibrate_from == 100  # validate's gce@calibrated
+            labels.append((f"{loss}@calibrated" if short else
+                           f"{loss}@calibrated:{quantity}:{calibrate_from}", key, None))
         else:
             try:
                 value = float(item)
