@@ -16,8 +16,9 @@ the plotted numbers (the tests read them back with ``Line2D.get_data``);
 5. ``logit-histogram``: measured logits (per-row centred) and the Gaussian
    N(0, std²) fitted by moments, with the Kolmogorov–Smirnov distance.
 6. ``accuracy``: test top-1 against epoch from a ``calibrate validate`` run,
-   mean over seeds with a ±1 std band, one panel per noise setting
-   (:func:`plot_accuracy`).
+   mean over seeds with a ±1 std band, one panel per noise setting; below, the
+   fraction of mislabelled training samples predicted as their noisy label
+   (memorisation), when the runs recorded it (:func:`plot_accuracy`).
 """
 
 from __future__ import annotations
@@ -281,11 +282,13 @@ def figure_logit_histogram(logits, title: str = "measured logits"):
 
 
 # ---------------------------------------------------------------- figure 6
-def accuracy_curves(results: dict) -> dict:
+def accuracy_curves(results: dict, key: str = "test_top1") -> dict:
     """{(label, noise): (epochs, mean %, std %, n)} over the runs that have epochs.
 
     Runs of one (label, noise) are cut to their common epochs (a run still
     in progress does not shorten the others' history beyond what they share).
+    ``key``: the per-epoch list of each run (``test_top1``; ``memorised``, which is
+    empty without noise: such groups are left out).
     """
     runs = results.get("runs")
     if not isinstance(runs, list):
@@ -293,14 +296,14 @@ def accuracy_curves(results: dict) -> dict:
                          "'calibrate validate'?)")
     groups: dict = {}
     for r in runs:
-        if r.get("epochs"):
+        if r.get("epochs") and r.get(key) and all(v is not None for v in r[key]):
             groups.setdefault((r["label"], r["noise"]), []).append(r)
     out = {}
     for key, rs in groups.items():
         common = sorted(set.intersection(*[set(r["epochs"]) for r in rs]))
         if not common:
             continue
-        acc = np.array([[100.0 * dict(zip(r["epochs"], r["test_top1"]))[e] for e in common]
+        acc = np.array([[100.0 * dict(zip(r["epochs"], r[key]))[e] for e in common]
                         for r in rs])
         std = acc.std(axis=0, ddof=1) if len(rs) > 1 else np.zeros(len(common))
         out[key] = (np.array(common), acc.mean(axis=0), std, len(rs))
@@ -321,20 +324,30 @@ def figure_accuracy(results: dict, *, allow_empty: bool = False):
     grid = results.get("grid", {})
     noises = list(dict.fromkeys(k[1] for k in curves))
     labels = list(dict.fromkeys(k[0] for k in curves))
-    fig, axes = plt.subplots(1, len(noises), figsize=(4.8 * len(noises), 3.8), squeeze=False,
-                             sharey=True)
-    for ax, noise in zip(axes[0], noises):
-        for i, label in enumerate(labels):
-            if (label, noise) not in curves:
-                continue
-            ep, mean, std, n = curves[(label, noise)]
-            ax.plot(ep, mean, color=f"C{i % 10}", lw=1.6, label=f"{label} (n={n})")
-            ax.fill_between(ep, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2, lw=0)
-        ax.set_title(f"noise {noise}", fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+    memo = accuracy_curves(results, "memorised")
+    rows = 2 if memo else 1
+    fig, axes = plt.subplots(rows, len(noises), figsize=(4.8 * len(noises), 3.8 * rows),
+                             squeeze=False, sharey="row")
+    for row, data in enumerate([curves, memo][:rows]):
+        for ax, noise in zip(axes[row], noises):
+            for i, label in enumerate(labels):
+                if (label, noise) not in data:
+                    continue
+                ep, mean, std, n = data[(label, noise)]
+                ax.plot(ep, mean, color=f"C{i % 10}", lw=1.6, label=f"{label} (n={n})")
+                ax.fill_between(ep, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2, lw=0)
+            ax.set_title(f"noise {noise}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test top-1 (%), mean ± std over seeds")
     axes[0][-1].legend(fontsize=8, loc="lower right")
+    if memo:
+        axes[1][0].set_ylabel("memorised (%): mislabelled training\nsamples predicted as their "
+                              "noisy label")
+        for noise, ax in zip(noises, axes[1]):
+            if not any(k[1] == noise for k in memo):
+                ax.text(0.5, 0.5, "no label noise", ha="center", va="center",
+                        transform=ax.transAxes)
     if grid:
         fig.suptitle(f"{grid.get('dataset', '')}, K = {grid.get('classes') or 'all'}, "
                      f"{grid.get('model', '')}", fontsize=10)

@@ -198,3 +198,24 @@ def test_sweep_results_report_and_resume(tmp_path, monkeypatch):
     for ext in ("md", "csv", "png"):
         assert (out / f"sweep-mae-eps.{ext}").stat().st_size > 0
     assert "computed (match)" in (out / "sweep-mae-eps.md").read_text()
+
+
+def test_accuracy_figure_has_a_memorisation_panel():
+    from calibrate_cli import plots as P
+
+    runs = []
+    for seed in (0, 1):
+        runs.append({"label": "ce", "noise": "symmetric:0.4", "seed": seed, "status": "complete",
+                     "epochs": [1, 2, 3], "test_top1": [0.1, 0.2, 0.15],
+                     "memorised": [0.1 + 0.1 * seed, 0.5, 0.9]})
+        runs.append({"label": "ce", "noise": "none", "seed": seed, "status": "complete",
+                     "epochs": [1, 2, 3], "test_top1": [0.2, 0.3, 0.4],
+                     "memorised": [None, None, None]})
+    res = {"grid": {"dataset": "glyphs", "classes": 10, "model": "mlp32"}, "runs": runs}
+    fig = P.figure_accuracy(res)
+    assert len(fig.axes) == 4  # accuracy and memorisation, for each of the two noise settings
+    noisy = [ax for ax in fig.axes if ax.get_title() == "noise symmetric:0.4"]
+    acc_line, memo_line = noisy[0].get_lines()[0], noisy[1].get_lines()[0]
+    np.testing.assert_allclose(acc_line.get_data()[1], [10, 20, 15])
+    np.testing.assert_allclose(memo_line.get_data()[1], [15, 50, 90])
+    assert P.accuracy_curves(res, "memorised").keys() == {("ce", "symmetric:0.4")}
