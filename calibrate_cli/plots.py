@@ -299,14 +299,14 @@ def accuracy_curves(results: dict, key: str = "test_top1") -> dict:
         if r.get("epochs") and r.get(key) and all(v is not None for v in r[key]):
             groups.setdefault((r["label"], r["noise"]), []).append(r)
     out = {}
-    for key, rs in groups.items():
+    for group, rs in groups.items():
         common = sorted(set.intersection(*[set(r["epochs"]) for r in rs]))
         if not common:
             continue
         acc = np.array([[100.0 * dict(zip(r["epochs"], r[key]))[e] for e in common]
                         for r in rs])
         std = acc.std(axis=0, ddof=1) if len(rs) > 1 else np.zeros(len(common))
-        out[key] = (np.array(common), acc.mean(axis=0), std, len(rs))
+        out[group] = (np.array(common), acc.mean(axis=0), std, len(rs))
     return out
 
 
