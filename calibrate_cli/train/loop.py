@@ -166,7 +166,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available (use --device auto or cpu)")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        # one process: the current device (a grid's worker may have been given another GPU)
+        index = local_rank % torch.cuda.device_count() if local_rank else torch.cuda.current_device()
+        return torch.device("cuda", index)
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError("--device mps: MPS is not available (use --device auto or cpu)")

@@ -4,7 +4,8 @@ With ``jobs = 1`` the runs train one after the other in this process, which load
 dataset once. With ``jobs = N > 1`` they train N at a time in worker processes
 (``spawn``: no state, no OpenMP pool, inherited from the parent), each of which loads the
 dataset once and sets torch's thread count from the run's ``--threads`` (default: the
-CPU count divided by N, at least 1). A run depends only on its own settings and seeds,
+CPU count divided by N, at least 1). On a machine with several GPUs the workers take
+them in turn (worker i trains on GPU i mod the GPU count). A run depends only on its own settings and seeds,
 so the results are those of ``jobs = 1`` at the same ``--threads``; the tests check that.
 
 Ctrl-C: every worker finishes writing its current run's completed epochs (each run
@@ -44,11 +45,17 @@ def default_threads(jobs: int) -> int:
     return max(1, (cores or 1) // max(1, jobs))
 
 
-def _worker_init(cfg_dict: dict, threads: int) -> None:
+def _worker_init(cfg_dict: dict, threads: int, counter) -> None:
+    """Threads, the dataset, and on a machine with several GPUs one GPU per worker, in turn."""
     global _BUNDLE
     import torch
 
     torch.set_num_threads(threads)
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if cfg_dict.get("device") in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(index % torch.cuda.device_count())
     _BUNDLE = _load_bundle(TrainConfig(**cfg_dict))
 
 
@@ -85,9 +92,9 @@ def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=Non
     threads = todo[0][1].threads or default_threads(jobs)
     todo = [(tag, dataclasses.replace(cfg, threads=cfg.threads or threads)) for tag, cfg in todo]
     log(f"training {len(todo)} runs, {jobs} at a time, {threads} thread(s) each")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init,
-                               initargs=(todo[0][1].to_dict(), threads))
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                               initargs=(todo[0][1].to_dict(), threads, ctx.Value("i", 0)))
     pending = {}
     queue = list(todo)
     try:
