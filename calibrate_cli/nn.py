@@ -502,7 +502,8 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
          calibrate: Mapping[str, int] | str | None = None, criterion: str = "match",
          reference_classes: int = 10, reduction: str = "mean", samples: int | None = None,
          seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
-         batches: int = 4, forward: Callable | None = None) -> CalibratedLoss:
+         batches: int = 4, forward: Callable | None = None,
+         **param_values: float) -> CalibratedLoss:
     """The loss ``name`` (registry name, alias, ``package.module:function`` or a
     :class:`LossSpec`) as a module; the arguments are :class:`CalibratedLoss`'s.
 
@@ -515,7 +516,7 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
     kw = dict(logit_bias=logit_bias, logit_std=logit_std, preset=preset, params=params,
               calibrate=calibrate, criterion=criterion, reference_classes=reference_classes,
               reduction=reduction, samples=samples, seed=seed, model=model, loader=loader,
-              batches=batches, forward=forward)
+              batches=batches, forward=forward, **param_values)
     registered = {s.name: s for s in list_losses()}
     if registered.get(spec.name) is spec:
         return loss_class(spec.name)(classes, **kw)
