@@ -310,7 +310,10 @@ def test_logit_std_measure_then_calibrate():
     pending = cal.nn.loss("mae", classes=50, logit_bias="auto", logit_std="measure")
     pending.load_state_dict(cal.nn.loss("mae", classes=50, logit_bias="auto",
                                         logit_std="measure").state_dict())
-    assert "pending" in repr(pending)
+    assert "pending" in repr(pending) and pending.to_dict()["epsilon"] is None
+    other_k = cal.nn.loss("mae", classes=60, logit_bias="auto", logit_std="measure")
+    with pytest.raises(UsageError, match="classes=50"):
+        other_k.load_state_dict(crit.state_dict())
 
 
 # ------------------------------------------------------------ parameters and reporting

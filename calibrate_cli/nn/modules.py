@@ -1,62 +1,24 @@
-r"""The registry's losses as ``torch.nn.Module`` s, with the logit bias ε and calibrated parameters.
-
-For training code you already have (a plain loop, Lightning, Hugging Face's ``Trainer``,
-timm's train script, a DDP job): build the criterion once, call it like
-``torch.nn.CrossEntropyLoss``.
-
-    >>> import calibrate_cli as cal
-    >>> crit = cal.nn.loss("mae", classes=1000, logit_bias="auto")   # MAE*: ε = 4.7342
-    >>> loss = crit(model(x), y)                                       # mean over the batch
-    >>> crit.epsilon, crit.to_dict()                                   # what was chosen, for logs
-
-The loss of a sample is the loss at biased logits (the trainer's, ``calibrate train``'s):
-
-.. math::  L_\varepsilon(z, y) = L(z + \varepsilon\, e_y,\; y),
-
-ε added to the logit of the sample's label. ε (``logit_bias="auto"``) and a calibrated
-parameter (``calibrate={"q": 100}``: GCE's q carried from K = 100 to ``classes``) come
-from the engine (:func:`calibrate_cli.solve.solve_epsilon`, :func:`~calibrate_cli.solve.solve_transfer`)
-for a Gaussian N(0, s²) of initial logits: s = ``logit_std`` (0.5, the default of
-``calibrate epsilon``), or measured on your model and data (``logit_std="measure"`` with
-``model=`` and ``loader=``, or ``.calibrate(model, loader)`` later) by
-:func:`measure_logit_std`, the code ``calibrate train`` measures with.
-
-One class per registry loss (``cal.nn.MAE``, ``cal.nn.GCE``, ``cal.nn.NCE_AGCE``, ...:
-the registry name in capitals, ``-`` as ``_``), made from the registry on first use;
-:func:`loss` takes any name or alias, or ``package.module:function`` for your own loss.
-
-Forward: ``logits`` [N, K] (float64, float32, or float16/bfloat16, which are computed in
-float32 and give a float32 loss), ``target`` [N] class indices; returns the mean (default),
-the sum or the per-sample losses [N] (``reduction`` as in torch). The forward is stateless
-(ε is a Python number fixed at construction) and reads nothing back from the device, so it
-runs under DDP and ``torch.compile`` without host synchronisation; the one exception is
-``bitemp``, whose tempered-softmax normaliser checks its convergence on the host once per
-Newton step. Soft targets (mixup, cutmix, label smoothing) are not supported: the bias goes
-to the labelled class.
-"""
+"""The module: :class:`CalibratedLoss`, the logit bias, and one class per registry loss."""
 
 from __future__ import annotations
 
-import itertools
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-import numpy as np
 import torch
 
-from .errors import UsageError
-from .logits import DEFAULT_LOGIT_STD, Gaussian, centre_rows
-from .losses import get_loss, get_preset, list_losses, resolve_params
-from .losses.base import LossSpec
-
-__all__ = ["CalibratedLoss", "loss", "loss_class", "add_logit_bias", "measure_logits",
-           "measure_logit_std", "centred_std", "REDUCTIONS", "CRITERIA"]
+from ..average import Averager, check_classes, default_samples
+from ..errors import UsageError
+from ..logits import DEFAULT_LOGIT_STD, Gaussian
+from ..losses import get_loss, get_preset, list_losses, resolve_params
+from ..losses.base import LossSpec
+from ..solve import solve_epsilon, solve_transfer
+from .measure import _measure
 
 REDUCTIONS = ("mean", "sum", "none")
 CRITERIA = ("match", "peak")  # the trainer's --bias-criterion choices
 MEASURE = "measure"
 _HALF = (torch.float16, torch.bfloat16)
-_LABEL_KEYS = ("labels", "label", "target", "targets")
 
 
 # ----------------------------------------------------------------------- the bias
@@ -66,119 +28,6 @@ def add_logit_bias(logits: torch.Tensor, target: torch.Tensor, epsilon: float) -
     shift = torch.full((logits.shape[0], 1), float(epsilon), dtype=logits.dtype,
                        device=logits.device)
     return logits.scatter_add(1, target[:, None], shift)
-
-
-# ------------------------------------------------------------------------ measuring
-
-def _device_of(model: torch.nn.Module):
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return None
-
-
-def _to(x, device):
-    return x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
-
-
-def _default_forward(model: torch.nn.Module, batch) -> Any:
-    """The inputs of a batch: a tensor, the first item of a tuple/list ``(x, y, ...)``, or a
-    dict of keyword arguments without its labels (Hugging Face style)."""
-    dev = _device_of(model)
-    if isinstance(batch, torch.Tensor):
-        return model(_to(batch, dev))
-    if isinstance(batch, Mapping):
-        return model(**{k: _to(v, dev) for k, v in batch.items() if k not in _LABEL_KEYS})
-    if isinstance(batch, (tuple, list)) and batch:
-        return model(_to(batch[0], dev))
-    raise UsageError(f"cannot find the inputs in a batch of type {type(batch).__name__}; "
-                     "pass forward=lambda model, batch: model(...)")
-
-
-def _as_logits(out) -> torch.Tensor:
-    """The logits of a model's output: a tensor, ``.logits`` (Hugging Face), or the first item."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, Mapping) and "logits" in out:
-        return out["logits"]
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise UsageError(f"cannot find the logits in a model output of type {type(out).__name__}; "
-                     "pass forward=lambda model, batch: <logits tensor>")
-
-
-@torch.no_grad()
-def measure_logits(model: torch.nn.Module, loader: Iterable, batches: int = 4, *,
-                   forward: Callable | None = None) -> np.ndarray:
-    """The model's logits [N, K] (float64) on the first ``batches`` batches of ``loader``.
-
-    As at the start of training: train mode (dropout on, batch norm on batch statistics),
-    no gradients; every buffer (batch-norm running statistics) is restored afterwards and
-    the mode set back, so training starts from the same state. ``forward(model, batch)``
-    returns the logits of a batch (default: the batch itself, its first item, or
-    ``model(**batch)`` without its labels; ``.logits`` of the output is used when it has one).
-    Outputs with more than two dimensions are flattened to [-1, K].
-    """
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise UsageError(f"batches must be an integer >= 1, got {batches!r}")
-    call = forward or _default_forward
-    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    out = []
-    try:
-        for batch in itertools.islice(loader, batches):
-            z = _as_logits(call(model, batch))
-            out.append(z.reshape(-1, z.shape[-1]).float().cpu())
-    finally:
-        for name, b in model.named_buffers():
-            if name in saved:
-                b.copy_(saved[name])
-        model.train(was_training)
-    if not out:
-        raise UsageError("the loader gave no batch to measure the logits on")
-    return torch.cat(out).numpy().astype(np.float64)
-
-
-def centred_std(z: np.ndarray) -> float:
-    """The std of logits [N, K] centred per row (softmax ignores a row's common shift):
-    what ``logit_std`` and ``calibrate train``'s measured std mean."""
-    return float(centre_rows(z).std())
-
-
-def _from_rank0(value):
-    """Rank 0's value on every process of an initialised process group (else the value)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return value
-
-
-def _measure(model, loader, batches, forward, broadcast) -> tuple[float, int]:
-    z = measure_logits(model, loader, batches, forward=forward)
-    s, n = centred_std(z), int(z.shape[0])
-    if broadcast:
-        s, n = _from_rank0((s, n))
-    if not math.isfinite(s) or s <= 0:
-        raise UsageError("the model's logits on the first batches have zero or undefined spread; "
-                         "give logit_std=<number>")
-    return s, n
-
-
-def measure_logit_std(model: torch.nn.Module, loader: Iterable, batches: int = 4, *,
-                      forward: Callable | None = None, broadcast: bool = True) -> float:
-    """The std of the model's row-centred logits on the first ``batches`` batches
-    (:func:`measure_logits`, :func:`centred_std`): ``calibrate train``'s measurement.
-
-    Under ``torch.distributed`` (an initialised process group) every process must call it;
-    all of them get rank 0's value (``broadcast=False``: each its own), so that every
-    process trains with the same ε.
-    """
-    return _measure(model, loader, batches, forward, broadcast)[0]
 
 
 # --------------------------------------------------------------------- the module
@@ -206,8 +55,6 @@ def _parse_calibrate(spec: LossSpec, calibrate, preset: str | None) -> tuple[str
                              f"calibrate={{'{calibrate}': K}} (or a preset, whose K is used)")
         return calibrate, get_preset(spec, preset).classes
     if isinstance(calibrate, Mapping) and len(calibrate) == 1:
-        from .average import check_classes
-
         (name, k_from), = calibrate.items()
         spec.param(name)
         return str(name), check_classes(k_from)
@@ -276,8 +123,6 @@ class CalibratedLoss(torch.nn.Module):
         self._calibrate = _parse_calibrate(spec, calibrate, preset)
         need = self.logit_bias == "auto" or self._calibrate is not None
         if classes is not None or need:
-            from .average import check_classes
-
             if classes is None:
                 raise UsageError("classes= (the number of classes K) is needed for "
                                  "logit_bias='auto' and calibrate")
@@ -313,9 +158,6 @@ class CalibratedLoss(torch.nn.Module):
     # ............................................................... calibration
     def _solve(self, s: float, source: str) -> None:
         """ε and the calibrated parameter for a Gaussian N(0, s²), as ``calibrate train``."""
-        from .average import Averager, default_samples
-        from .solve import solve_epsilon, solve_transfer
-
         spec, base = self.spec, self.base_params
         need = self.logit_bias == "auto" or self._calibrate is not None
         if not need:  # s is not used; recorded only when it was given
@@ -390,8 +232,9 @@ class CalibratedLoss(torch.nn.Module):
     # ................................................................. reporting
     def to_dict(self) -> dict:
         """Everything chosen, JSON-ready (for a run's log or config)."""
+        ready = self._fn is not None
         return {"loss": self.spec.name, "classes": self.classes, "params": dict(self.params),
-                "epsilon": self.epsilon, "logit_bias": self.logit_bias,
+                "epsilon": self.epsilon if ready else None, "logit_bias": self.logit_bias,
                 "logit_std": self.logit_std, "logit_std_source": self.logit_std_source,
                 "calibrated": self.calibrated, "epsilon_info": self.epsilon_info,
                 "reduction": self.reduction}
@@ -424,6 +267,9 @@ class CalibratedLoss(torch.nn.Module):
             raise UsageError(f"the saved loss is {state.get('loss')!r}, this one {self.spec.name!r}")
         if not state.get("ready"):
             return  # saved before it was measured: nothing to restore
+        if state.get("classes") != self.classes:
+            raise UsageError(f"the saved loss is for classes={state.get('classes')}, this one for "
+                             f"classes={self.classes}")
         for k in self._STATE:
             setattr(self, k, state.get(k))
         self.params = dict(self.params)
@@ -448,6 +294,7 @@ class CalibratedLoss(torch.nn.Module):
 # ------------------------------------------------------------ one class per loss
 
 _CLASSES: dict[str, type] = {}
+_PACKAGE = __name__.rpartition(".")[0]  # calibrate_cli.nn: where the classes are found by name
 
 
 def _class_name(name: str) -> str:
@@ -478,46 +325,7 @@ def loss_class(name: str) -> type:
     if spec.name not in _CLASSES:
         cls_name = _class_name(spec.name)
         cls = type(cls_name, (CalibratedLoss,), {
-            "loss_name": spec.name, "__doc__": _class_doc(spec), "__module__": __name__,
+            "loss_name": spec.name, "__doc__": _class_doc(spec), "__module__": _PACKAGE,
             "__qualname__": cls_name})
         _CLASSES[spec.name] = cls
-        globals()[cls_name] = cls
     return _CLASSES[spec.name]
-
-
-def __getattr__(attr: str):
-    for spec in list_losses():
-        if _class_name(spec.name) == attr:
-            return loss_class(spec.name)
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | {_class_name(s.name) for s in list_losses()})
-
-
-def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float | str = 0.0,
-         logit_std: float | str | None = None, preset: str | None = None,
-         params: Mapping[str, float] | None = None,
-         calibrate: Mapping[str, int] | str | None = None, criterion: str = "match",
-         reference_classes: int = 10, reduction: str = "mean", samples: int | None = None,
-         seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
-         batches: int = 4, forward: Callable | None = None,
-         **param_values: float) -> CalibratedLoss:
-    """The loss ``name`` (registry name, alias, ``package.module:function`` or a
-    :class:`LossSpec`) as a module; the arguments are :class:`CalibratedLoss`'s.
-
-    >>> cal.nn.loss("mae", classes=1000, logit_bias="auto")            # MAE*, ε = 4.7342
-    >>> cal.nn.loss("gce", classes=1000, calibrate={"q": 100})         # q = 0.7 at K = 100 -> 0.4716
-    >>> cal.nn.loss("mae", classes=K, logit_bias="auto", logit_std="measure",
-    ...             model=model, loader=train_loader)                  # ε for your model's logits
-    """
-    spec = name if isinstance(name, LossSpec) else get_loss(name)
-    kw = dict(logit_bias=logit_bias, logit_std=logit_std, preset=preset, params=params,
-              calibrate=calibrate, criterion=criterion, reference_classes=reference_classes,
-              reduction=reduction, samples=samples, seed=seed, model=model, loader=loader,
-              batches=batches, forward=forward, **param_values)
-    registered = {s.name: s for s in list_losses()}
-    if registered.get(spec.name) is spec:
-        return loss_class(spec.name)(classes, **kw)
-    return CalibratedLoss(classes, loss=spec, **kw)
