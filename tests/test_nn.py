@@ -342,6 +342,10 @@ def test_parameters_presets_and_keywords():
     assert torch.allclose(2 * half, cal.nn.MAE()(z, y), rtol=1e-14)
     peak = cal.nn.loss("mae", classes=1000, logit_bias="auto", criterion="peak", logit_std=0.3)
     assert peak.epsilon == cal.epsilon(1000, criterion="peak", logit_std=0.3).epsilon
+    above = cal.nn.loss("gce", classes=1000, logit_bias="auto", branch="above")
+    assert above.epsilon == cal.epsilon(1000, "gce", branch="above").epsilon
+    assert above.epsilon > cal.nn.loss("gce", classes=1000, logit_bias="auto").epsilon + 1
+    assert above.to_dict()["epsilon_info"]["branch"] == "above"
 
 
 def test_one_class_per_registry_loss():
@@ -384,6 +388,7 @@ def test_a_users_own_loss(tmp_path, monkeypatch):
     (lambda: cal.nn.loss("mae", reduction="avg"), "reduction"),
     (lambda: cal.nn.loss("mae", classes=10, logit_bias="auto", criterion="target"), "criterion"),
     (lambda: cal.nn.loss("mae", logit_bias="auto"), "classes="),
+    (lambda: cal.nn.loss("mae", classes=10, logit_bias="auto", branch="left"), "branch"),
     (lambda: cal.nn.loss("mae", logit_bias="big"), "logit_bias"),
     (lambda: cal.nn.loss("mae", classes=1, logit_bias=1.0), "classes"),
     (lambda: cal.nn.loss("mae", classes=10, logit_bias="auto", logit_std=-1), "std"),

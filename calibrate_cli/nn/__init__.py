@@ -44,11 +44,11 @@ import torch
 from ..losses import get_loss, list_losses
 from ..losses.base import LossSpec
 from .measure import centred_std, measure_logit_std, measure_logits
-from .modules import (CRITERIA, REDUCTIONS, CalibratedLoss, _class_name, add_logit_bias,
-                      loss_class)
+from .modules import (BRANCHES, CRITERIA, REDUCTIONS, CalibratedLoss, _class_name,
+                      add_logit_bias, loss_class)
 
 __all__ = ["CalibratedLoss", "loss", "loss_class", "add_logit_bias", "measure_logits",
-           "measure_logit_std", "centred_std", "REDUCTIONS", "CRITERIA"]
+           "measure_logit_std", "centred_std", "REDUCTIONS", "CRITERIA", "BRANCHES"]
 
 
 def __getattr__(attr: str):
@@ -66,7 +66,7 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
          logit_std: float | str | None = None, preset: str | None = None,
          params: Mapping[str, float] | None = None,
          calibrate: Mapping[str, int] | str | None = None, criterion: str = "match",
-         reference_classes: int = 10, reduction: str = "mean", samples: int | None = None,
+         branch: str = "below", reference_classes: int = 10, reduction: str = "mean", samples: int | None = None,
          seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
          batches: int = 4, forward: Callable | None = None,
          **param_values: float) -> CalibratedLoss:
@@ -80,7 +80,8 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
     """
     spec = name if isinstance(name, LossSpec) else get_loss(name)
     kw = dict(logit_bias=logit_bias, logit_std=logit_std, preset=preset, params=params,
-              calibrate=calibrate, criterion=criterion, reference_classes=reference_classes,
+              calibrate=calibrate, criterion=criterion, branch=branch,
+              reference_classes=reference_classes,
               reduction=reduction, samples=samples, seed=seed, model=model, loader=loader,
               batches=batches, forward=forward, **param_values)
     registered = {s.name: s for s in list_losses()}

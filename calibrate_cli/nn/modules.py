@@ -17,6 +17,7 @@ from .measure import _measure
 
 REDUCTIONS = ("mean", "sum", "none")
 CRITERIA = ("match", "peak")  # the trainer's --bias-criterion choices
+BRANCHES = ("below", "above")  # which root of match: below the peak of <δ_k>(z) or above
 MEASURE = "measure"
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -80,7 +81,8 @@ class CalibratedLoss(torch.nn.Module):
         calibrate: ``{"q": 100}``: the parameter's value holds for 100 classes; carry it to
             ``classes``. A bare name ``"q"`` takes the preset's class count.
         criterion: ``"match"`` (default) or ``"peak"``, as ``calibrate epsilon --criterion``;
-            ``reference_classes`` is match's K_ref (10).
+            ``reference_classes`` is match's K_ref (10), ``branch`` its root (``"below"`` the
+            peak of <δ_k>(z), the default, or ``"above"``).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample [N]).
         samples, seed: Monte Carlo settings of the engine for losses it cannot average exactly.
         model, loader, batches, forward: for ``logit_std="measure"``, see :func:`measure_logits`.
@@ -96,7 +98,8 @@ class CalibratedLoss(torch.nn.Module):
                  logit_bias: float | str = 0.0, logit_std: float | str | None = None,
                  preset: str | None = None, params: Mapping[str, float] | None = None,
                  calibrate: Mapping[str, int] | str | None = None, criterion: str = "match",
-                 reference_classes: int = 10, reduction: str = "mean", samples: int | None = None,
+                 branch: str = "below", reference_classes: int = 10, reduction: str = "mean",
+                 samples: int | None = None,
                  seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
                  batches: int = 4, forward: Callable | None = None, **param_values: float):
         super().__init__()
@@ -112,9 +115,11 @@ class CalibratedLoss(torch.nn.Module):
             raise UsageError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         if criterion not in CRITERIA:
             raise UsageError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        if branch not in BRANCHES:
+            raise UsageError(f"branch must be one of {', '.join(BRANCHES)}, got {branch!r}")
         self.spec = spec
         self.reduction = reduction
-        self.criterion = criterion
+        self.criterion, self.branch = criterion, branch
         self.reference_classes = int(reference_classes)
         self.samples, self.seed = samples, int(seed)
         self.preset = preset
@@ -184,9 +189,10 @@ class CalibratedLoss(torch.nn.Module):
         eps = self.logit_bias
         if eps == "auto":
             res = solve_epsilon(spec, params, self.classes, dist, criterion=self.criterion,
-                                reference_classes=self.reference_classes, averager=averager())
+                                reference_classes=self.reference_classes, branch=self.branch,
+                                averager=averager())
             eps = float(res.epsilon)
-            info = {"criterion": self.criterion, "classes": self.classes,
+            info = {"criterion": self.criterion, "branch": self.branch, "classes": self.classes,
                     "delta_before": float(res.delta_before), "delta_after": float(res.delta_after)}
         self.params, self.calibrated, self.epsilon_info = params, calibrated, info
         self.epsilon = float(eps)
