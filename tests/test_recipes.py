@@ -84,7 +84,7 @@ def test_plain_loop():
 
 
 def test_lightning(tmp_path, monkeypatch):
-    L = pytest.importorskip("lightning", reason="Lightning is in the test extra")
+    L = pytest.importorskip("lightning", reason="lightning not installed (it comes with the test extra)")
     monkeypatch.chdir(tmp_path)  # Lightning writes lightning_logs/ into the working directory
     x, y = _problem()
     net = _net()
@@ -106,8 +106,8 @@ def test_lightning(tmp_path, monkeypatch):
 
 
 def test_hf_trainer(tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers", reason="transformers is in the test extra")
-    pytest.importorskip("accelerate", reason="the Trainer needs accelerate (in the test extra)")
+    transformers = pytest.importorskip("transformers", reason="transformers not installed (it comes with the test extra)")
+    pytest.importorskip("accelerate", reason="accelerate not installed (the Trainer needs it; it comes with the test extra)")
     k = 20
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
