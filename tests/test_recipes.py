@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(REPO, "docs", "integrations.md")
 README = os.path.join(REPO, "README.md")
 RECIPES = ("plain-loop", "lightning", "hf-trainer", "timm", "ddp")
+_MISSING = "{} is not installed (the test extra brings it)"
 
 
 def _recipes(path: str) -> dict[str, str]:
@@ -84,7 +85,7 @@ def test_plain_loop():
 
 
 def test_lightning(tmp_path, monkeypatch):
-    L = pytest.importorskip("lightning", reason="lightning not installed (it comes with the test extra)")
+    L = pytest.importorskip("lightning", reason=_MISSING.format("lightning"))
     monkeypatch.chdir(tmp_path)  # Lightning writes lightning_logs/ into the working directory
     x, y = _problem()
     net = _net()
@@ -106,8 +107,8 @@ def test_lightning(tmp_path, monkeypatch):
 
 
 def test_hf_trainer(tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers", reason="transformers not installed (it comes with the test extra)")
-    pytest.importorskip("accelerate", reason="accelerate not installed (the Trainer needs it; it comes with the test extra)")
+    transformers = pytest.importorskip("transformers", reason=_MISSING.format("transformers"))
+    pytest.importorskip("accelerate", reason=_MISSING.format("accelerate"))
     k = 20
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
