@@ -66,8 +66,8 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
          logit_std: float | str | None = None, preset: str | None = None,
          params: Mapping[str, float] | None = None,
          calibrate: Mapping[str, int] | str | None = None, criterion: str = "match",
-         branch: str = "below", reference_classes: int = 10, reduction: str = "mean", samples: int | None = None,
-         seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
+         branch: str = "below", reference_classes: int = 10, reduction: str = "mean",
+         samples: int | None = None, seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
          batches: int = 4, forward: Callable | None = None,
          **param_values: float) -> CalibratedLoss:
     """The loss ``name`` (registry name, alias, ``package.module:function`` or a
