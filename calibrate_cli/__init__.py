@@ -5,9 +5,10 @@
     >>> cal.q(100, 1000).value             # GCE's q carried from K = 100 to 1000
     >>> cal.transfer("nce-agce", "alpha", 100, 1000, preset="cifar100").value
     >>> cal.mean_delta([0.0, 5.0], 1000, "gce").value
+    >>> crit = cal.nn.loss("mae", classes=1000, logit_bias="auto")   # a torch module (MAE*)
 
-Names are imported on first use (``import calibrate_cli`` itself is cheap). The
-equations are in the docstrings of :mod:`calibrate_cli.api`.
+Names are imported on first use (``import calibrate_cli`` itself is cheap, and only
+``cal.nn`` imports torch). The equations are in the docstrings of :mod:`calibrate_cli.api`.
 """
 
 from ._version import __version__
@@ -22,10 +23,16 @@ _EXPORTS = {
     "CalibrateError": "errors", "UsageError": "errors", "NoSolutionError": "errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+_SUBMODULES = ("nn",)  # cal.nn: the losses as torch modules (imports torch)
+
+__all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     if name in _EXPORTS:
         import importlib
 

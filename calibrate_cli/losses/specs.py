@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from .registry import LossSpec, Param, Preset, SigmaKernel, Term, _logsumexp, lse_and_sum, register
+from .base import LossSpec, Param, Preset, SigmaKernel, Term, _logsumexp, lse_and_sum, register
 
 APL = "Ma et al. 2020, Active-Passive Losses (ICML), configs/<dataset>"
 ALFS = "Zhou et al. 2021, Asymmetric Loss Functions (ICML), lnl/config.py"

@@ -52,7 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import UsageError
-from .registry import LossSpec, Params
+from .base import LossSpec, Params
 
 PROBE_N = 4
 PROBE_SCALE = 2.0  # standard deviation of the probe logits

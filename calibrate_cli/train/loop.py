@@ -83,6 +83,7 @@ import torch
 from .._version import __version__
 from ..atomic import make_folder, write_atomic
 from ..errors import UsageError
+from ..nn import centred_std, loss as calibrated_loss, measure_logits as measure_model_logits
 from .batches import FileData, MemoryData, _augment_kind, global_batches, make_split
 from .config import TrainConfig, changed_result_fields, default_out_dir
 
@@ -218,23 +219,6 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def biased_loss(loss_fn: Callable, epsilon: float) -> Callable:
-    """The logit-bias wrapper: ``fn(z, y) = loss_fn(z + ε·onehot(y), y)`` (per sample).
-
-    With ε = 0 it returns ``loss_fn`` itself.
-    """
-    if epsilon == 0:
-        return loss_fn
-
-    def fn(logits, target):
-        shift = torch.full((logits.shape[0], 1), float(epsilon), dtype=logits.dtype,
-                           device=logits.device)
-        return loss_fn(logits.scatter_add(1, target[:, None], shift), target)
-
-    fn.__name__ = f"{getattr(loss_fn, '__name__', 'loss')}_bias"
-    return fn
-
-
 def check_labels(labels: np.ndarray, classes: int, what: str) -> None:
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
@@ -244,22 +228,14 @@ def check_labels(labels: np.ndarray, classes: int, what: str) -> None:
 
 # ---------------------------------------------------------------------- measuring
 
-@torch.no_grad()
 def measure_logits(model: torch.nn.Module, data, batch: int, batches: int,
                    dist: Dist) -> np.ndarray:
-    """Logits [N, K] of the model as it is now, in train mode, on the first ``batches``
-    training batches in file order; parameters and buffers (batch-norm running
-    statistics) are restored afterwards, so training starts from the same state."""
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    was_training = model.training
-    model.train()
+    """Logits [N, K] of the model as it is now on the first ``batches`` training batches in
+    file order, by :func:`calibrate_cli.nn.measure_logits` (train mode, buffers restored)."""
     order = torch.arange(min(data.n, batch * batches))
     one = Dist()  # every process measures the same batches
-    out = [model(x).float().cpu() for x, _, _, _ in data.batches(torch.split(order, batch), one,
-                                                                  "none", None)]
-    model.load_state_dict(saved)
-    model.train(was_training)
-    return torch.cat(out).numpy().astype(np.float64)
+    return measure_model_logits(model, data.batches(torch.split(order, batch), one, "none", None),
+                                batches)
 
 
 def derive_loss_settings(cfg: TrainConfig, spec, params: dict, classes: int,
@@ -270,7 +246,7 @@ def derive_loss_settings(cfg: TrainConfig, spec, params: dict, classes: int,
     Returns ``{"params", "epsilon", "logit_std", "logit_std_source", "calibrated",
     "epsilon_info"}``.
     """
-    from ..logits import Gaussian, centre_rows
+    from ..logits import Gaussian
     from ..solve import solve_epsilon, solve_transfer
 
     out: dict[str, Any] = {"params": dict(params), "calibrated": None, "epsilon_info": None,
@@ -281,7 +257,7 @@ def derive_loss_settings(cfg: TrainConfig, spec, params: dict, classes: int,
             s, source = float(cfg.logit_std), "given (--logit-std)"
         else:
             z = measure()
-            s = float(centre_rows(z).std())
+            s = centred_std(z)
             source = f"measured at initialisation on {z.shape[0]} training images"
             if not math.isfinite(s) or s <= 0:
                 raise UsageError("the model's initial logits have zero or undefined spread; "
@@ -473,7 +449,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
             tdist.broadcast_object_list(box, src=0)
             derived = box[0]
     epsilon = float(derived["epsilon"])
-    loss_fn = biased_loss(spec.torch_loss(derived["params"]), epsilon)
+    loss_fn = calibrated_loss(spec, K, logit_bias=epsilon, params=derived["params"],
+                              reduction="none")  # per sample: L(z + ε·onehot(y), y)
 
     if cfg.sync_bn and dist.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
