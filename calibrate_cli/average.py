@@ -66,6 +66,15 @@ DEFAULT_SAMPLES_FULL = 1024
 MAX_DRAWS = 2_000_000_000
 SERIES_T = 1e-3  # below t·max(Y) the Laplace transform of Y is summed as a series
 CHUNK_ELEMS = 1 << 21  # logits per Monte Carlo chunk (16 MiB of float64)
+CHECK_STEP = 0.5  # spacing in ln x of the check of the Laplace representation
+#: The exact path is used when its representation error bound is below EXACT_TOL times the
+#: kernel's scale (max |δ_k|); otherwise that term is averaged by Monte Carlo, and the
+#: result says so (``Average.note``).
+EXACT_TOL = 1e-8
+
+
+class NonFiniteAverage(UsageError):
+    """<δ_k> came out NaN or infinite (δ_k overflows for these inputs): never a silent number."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +88,10 @@ class Average:
     value: np.ndarray
     error: np.ndarray
     method: str  # "exact", "monte-carlo" or "exact+monte-carlo"
+    note: str = ""  # why a σ_k-only loss was averaged by Monte Carlo, if it was
 
     def __getitem__(self, i):
-        return Average(self.value[i], self.error[i], self.method)
+        return Average(self.value[i], self.error[i], self.method, self.note)
 
 
 # ----------------------------------------------------------------- Talbot
@@ -111,30 +121,94 @@ def laplace_inverse(H, u: np.ndarray, order: int = TALBOT_ORDER) -> np.ndarray:
     return (r / order) * (first + np.real(terms).sum(axis=1))
 
 
-def _u_grid(H, decay: float, u_lo: float) -> np.ndarray:
+def _u_grid(H, decay: float, log_u_lo: float) -> np.ndarray:
     """Nodes u = e^v (v on multiples of V_STEP) covering where ρ(u)·u matters.
 
-    Upper end: ρ decays like e^{-decay·u}. Lower end: below ``u_lo`` the factor
-    1 - φ^n is negligible; the other form needs ρ(u)·u itself to be negligible,
-    so go down (to u = e^{-690} at most) until |ρ u| < 1e-18 of its maximum.
+    Upper end: ρ decays like e^{-decay·u}. Lower end: below ``e^log_u_lo`` the
+    factor 1 - φ^n is negligible; the other form needs ρ(u)·u itself to be
+    negligible, so go down (to u = e^{-690} at most) until |ρ u| < 1e-18 of its
+    maximum. Where ρ·u decays too slowly for that (GCE at small q: ρ u ~ u^q),
+    only the form 1 - φ^n is accurate, and the representation check says so.
     """
     v_hi = math.ceil(math.log(45.0 / decay))
     probe = np.arange(v_hi, -690.0, -8.0)
+    up = v_hi + np.arange(1.0, 7.0)  # ρ ~ u^m e^{-decay·u} (a pole of order m) peaks late
     mag = np.abs(laplace_inverse(H, np.exp(probe)) * np.exp(probe))
-    small = np.nonzero(mag < 1e-18 * mag.max())[0]
+    mag_up = np.abs(laplace_inverse(H, np.exp(up)) * np.exp(up))
+    top = max(mag.max(), mag_up.max())
+    large = np.nonzero(~(mag_up < 1e-18 * top))[0]
+    v_hi = up[large[-1]] + 1.0 if len(large) else v_hi
+    small = np.nonzero(mag < 1e-18 * top)[0]
     small = small[probe[small] < -8.0]
     v_rho = probe[small[0]] if len(small) else probe[-1]
-    v_lo = 8.0 * math.floor(min(math.log(u_lo), v_rho) / 8.0)
+    v_lo = 8.0 * math.floor(max(min(log_u_lo, v_rho), -700.0) / 8.0)
     return np.exp(np.arange(v_lo, v_hi + V_STEP / 2, V_STEP))
 
 
-def _trapezoid(rho, rho_lo, weight):
-    """∫ρ(u)·weight(u) dv with its error estimate (step doubling + Talbot order)."""
-    f = rho * weight
-    fine = f.sum() * V_STEP
-    coarse = f[::2].sum() * 2 * V_STEP
-    talbot = abs(((rho - rho_lo) * weight).sum()) * V_STEP
-    return fine, abs(fine - coarse) + talbot
+@dataclass
+class _Representation:
+    """ρ on the u grid of one kernel H, and how well Σ_i ρ_i u_i e^{-u_i x} ΔV reproduces H.
+
+    What the engine computes is exactly E[H_rep(c S)] with H_rep that sum (form A), or
+    E[H_rep(c S) - H_rep(0) + H(0)] (form B), so sup_x |H_rep - H| over the x = c·S that
+    occur bounds every error of the Laplace representation at once: Talbot inversion,
+    step of the trapezoidal rule, truncation of the u range. ``err_a``/``err_b`` are those
+    bounds for the two forms, ``err_slope`` the one of x·H'(x) (the slope), all checked for
+    ln x in [``log_x_lo``, ``log_x_hi``] and at x = 0.
+    """
+
+    u: np.ndarray
+    rho: np.ndarray
+    log_x_lo: float = math.inf
+    log_x_hi: float = -math.inf
+    err_a: float = math.inf
+    err_b: float = math.inf
+    err_slope: float = math.inf
+    scale: float = 0.0
+
+
+def _check_representation(rep: _Representation, H, offset: float, lo: float, hi: float) -> None:
+    """Fill the error bounds of ``rep`` by comparing H_rep with H on ln x in [lo, hi] and x = 0."""
+    lx = np.arange(math.floor(lo), min(hi, 200.0) + CHECK_STEP, CHECK_STEP)
+    if hi > 200.0:  # past x = e^200 only the slowest kernels (GCE, small q) still change
+        lx = np.append(lx, np.arange(204.0, min(hi, 1500.0) + 4.0, 4.0))
+    with np.errstate(over="ignore"):
+        x = np.concatenate([[0.0], np.exp(lx)])
+    ru = rep.rho * rep.u * V_STEP
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = np.real(H(x.astype(complex)))
+        h[~np.isfinite(x)] = 0.0  # H(∞) = g(0) = 0
+        step = 1e-30 * (1.0 + x[np.isfinite(x)])
+        xs = x[np.isfinite(x)]
+        dh = xs * np.imag(H(xs + 1j * step)) / step  # x·H'(x) by the complex step
+    hr = np.empty_like(x)
+    dhr = np.empty_like(xs)
+    nf = len(xs)  # x ascends: its finite values come first
+    rows = max(1, CHUNK_ELEMS // len(ru))
+    for a in range(0, len(x), rows):
+        e = np.exp(-np.outer(x[a:a + rows], rep.u))
+        hr[a:a + rows] = e @ ru
+        b = min(a + rows, nf)
+        if b > a:
+            dhr[a:b] = -(e[:b - a] @ (ru * rep.u)) * x[a:b]
+    err = np.abs(hr - h)
+    rep.err_a = float(np.max(err)) if np.all(np.isfinite(err)) else math.inf
+    err = np.abs(hr - hr[0] - h + h[0])
+    rep.err_b = float(np.max(err)) if np.all(np.isfinite(err)) else math.inf
+    err = np.abs(dhr - dh)
+    rep.err_slope = float(np.max(err)) if np.all(np.isfinite(err)) else math.inf
+    if not rep.scale:  # the kernel's size, max |δ_k| over all p (not only the x checked)
+        xs = np.concatenate([[0.0], np.exp(np.arange(-40.0, 40.0, 0.25))])
+        with np.errstate(all="ignore"):
+            hs = np.abs(np.real(H(xs.astype(complex))))
+        rep.scale = max(abs(offset), float(np.max(hs[np.isfinite(hs)], initial=0.0)),
+                        float(np.max(np.abs(h[np.isfinite(h)]), initial=0.0)))
+    rep.log_x_lo, rep.log_x_hi = float(lx[0]), float(hi)
+
+
+def _logsumexp1(a: np.ndarray) -> float:
+    m = float(np.max(a))
+    return m + math.log(float(np.sum(np.exp(a - m))))
 
 
 # --------------------------------------------------------------- the engine
@@ -155,13 +229,16 @@ class Averager:
         self.dist = dist
         self.samples = int(samples)
         self.seed = int(seed)
-        self._x, self._w = dist.quadrature()
-        self._m = float(np.sum(self._w * np.exp(self._x)))
+        x, w = dist.quadrature()
+        order = np.argsort(x, kind="stable")  # ascending nodes: the band search needs them
+        self._x, self._w = np.asarray(x, float)[order], np.asarray(w, float)[order]
+        self._log_m = _logsumexp1(np.log(self._w) + self._x)  # ln E[e^{z - mean}]
+        self._m = math.exp(self._log_m)
         self._mc_cache: dict = {}
         self._stats_cache: dict = {}
         self._rho_cache: dict = {}
         self._cv_cache: dict = {}
-        self._moments: list[float] | None = None
+        self._log_moments: list[float] | None = None
 
     # ................................................................ public
     def mean_delta(self, loss: LossSpec, params: Mapping[str, float], classes: int, z) -> Average:
@@ -175,6 +252,32 @@ class Averager:
     def exact_possible(self, loss: LossSpec, params: Mapping[str, float]) -> bool:
         return all(t.loss.sigma is not None for t in loss.terms(params))
 
+    def log_sum_range(self, classes: int, alpha: float = 1e-12) -> tuple[float, float]:
+        """(lo, hi) with P(ln S < lo) <= alpha and P(ln S > hi) <= alpha, S = Σ_{j≠k} e^{z_j - mean}.
+
+        Where <δ_k>(z) changes, z lies within a few units of ln S. Lower end: the Chernoff
+        bound P(S <= s) <= e^{ts} φ(t)^n, at its best t on a log grid (tight for narrow
+        distributions, where S ≈ n·E[e^z]), or S >= max_j e^{z_j} with P(max_j z_j < x) =
+        F(x)^n (tight for wide ones). Upper end: P(S > s) <= n·P(e^z > s/n) (tight for wide
+        ones, where S is dominated by its largest term).
+        """
+        n = check_classes(classes) - 1
+        x, w = self._x, self._w
+        order = np.argsort(x)
+        xs = x[order]
+        tail = np.cumsum(w[order][::-1])[::-1]  # P(z >= x_i)
+        hi = math.log(n) + float(xs[np.nonzero(tail > alpha / n)[0][-1]])
+        cdf = np.cumsum(w[order])  # P(z <= x_i)
+        below = np.nonzero(n * np.log(np.maximum(cdf, 1e-300)) <= math.log(alpha))[0]
+        lo_max = float(xs[below[-1]]) if len(below) else float(xs[0])
+        log_t = -(self._log_m + math.log(n)) + np.arange(-5.0, 40.0, 0.25)
+        with np.errstate(divide="ignore"):
+            log_phi = np.log1p(-self._laplace(log_t, False)[0])
+        s_t = (math.log(alpha) - n * log_phi) / np.exp(log_t)  # P(S <= s_t) <= alpha
+        s_lo = float(np.max(s_t[np.isfinite(s_t)], initial=0.0))
+        lo = max(math.log(s_lo) if s_lo > 0 else -math.inf, lo_max)
+        return min(lo, hi), hi
+
     # .............................................................. internals
     def _evaluate(self, loss, params, classes, z, slope):
         classes = check_classes(classes)
@@ -183,91 +286,156 @@ class Averager:
         exact = [t for t in terms if t.loss.sigma is not None]
         mc = [t for t in terms if t.loss.sigma is None]
         value = np.zeros_like(z)
-        err2 = np.zeros_like(z)
+        err = np.zeros_like(z)
+        note = ""
         if exact:
             v, e = self._exact(exact, classes, z - self.dist.mean, slope)
-            value += v
-            err2 += e * e
+            if v is None:  # the quadrature cannot reach EXACT_TOL: Monte Carlo, and say so
+                note = (f"{loss.name} ({_describe(params)}): the exact quadrature cannot reach its "
+                        f"accuracy here (error bound {e:.1g} × max|δ_k|, limit {EXACT_TOL:g}), so "
+                        "<δ_k> is averaged by Monte Carlo and its standard error is in the error")
+                mc, exact = exact + mc, []
+            else:
+                value += v
+                err = np.hypot(err, e)
         if mc:
-            v, e = self._monte_carlo(mc, classes, z - self.dist.mean, slope)
+            try:
+                v, e = self._monte_carlo(mc, classes, z - self.dist.mean, slope)
+            except UsageError as exc:
+                raise UsageError(f"{note}; {exc}" if note else str(exc)) from None
             value += v
-            err2 += e * e
+            err = np.hypot(err, e)
         method = "exact" if not mc else ("monte-carlo" if not exact else "exact+monte-carlo")
-        return Average(value, np.sqrt(err2), method)
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise NonFiniteAverage(
+                f"<δ_k> of {loss.name} ({_describe(params)}) at K = {classes} is not finite at "
+                f"z = {z[bad][0]:.6g} ({method}): δ_k overflows or is NaN for these inputs")
+        return Average(value, err, method, note)
 
     def _exact(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
+        """(value, error) by the Laplace representation, or None where it cannot reach
+        EXACT_TOL (then the caller averages these terms by Monte Carlo)."""
         offset = sum(t.weight * t.loss.sigma.offset(t.params) for t in terms)
 
         def H(x):
             p = 1.0 / (1.0 + x)
             return sum(t.weight * t.loss.sigma.g(p, t.params) for t in terms)
 
-        decay = min(t.loss.sigma.decay(t.params) for t in terms)
-        g1 = float(np.real(H(np.array([0.0 + 0j]))[0]))
         n = classes - 1
-        u_lo = 1e-18 / (n * math.exp(-float(z.min())) * self._m)
+        x_lo, x_hi = float(self._x.min()), float(self._x.max())
+        # ln x = ln(c·S) with S = Σ Y_j between n·min(Y) and n·max(Y)
+        lx_lo = min(max(math.log(n) + x_lo - float(z.max()), -60.0), 1500.0)
+        lx_hi = max(math.log(n) + x_hi - float(z.min()), lx_lo)
+        log_u_lo = math.log(1e-18) - math.log(n) - self._log_m + float(z.min())
         key = tuple((t.loss.name, t.weight, tuple(sorted(t.params.items()))) for t in terms)
-        cached = self._rho_cache.get(key)
-        if cached is None or cached[0][0] > u_lo:
-            u = _u_grid(H, decay, u_lo)
-            cached = (u, laplace_inverse(H, u), laplace_inverse(H, u, order=TALBOT_ORDER - 6))
+        rep = self._rho_cache.get(key)
+        if rep is None or math.log(rep.u[0]) > max(log_u_lo, -700.0) + 1e-9:
+            with np.errstate(all="ignore"):
+                decay = min(t.loss.sigma.decay(t.params) for t in terms)
+                u = _u_grid(H, decay, log_u_lo)
+                rep = _Representation(u, laplace_inverse(H, u))
             if len(self._rho_cache) > 256:
                 self._rho_cache.clear()
-            self._rho_cache[key] = cached
-        u, rho, rho_lo = cached
-        y = np.exp(self._x)
+            self._rho_cache[key] = rep
+        if lx_lo < rep.log_x_lo or lx_hi > rep.log_x_hi:
+            _check_representation(rep, H, offset, min(lx_lo, rep.log_x_lo), max(lx_hi, rep.log_x_hi))
+        tol = EXACT_TOL * rep.scale
+        if not (min(rep.err_a, rep.err_b) <= tol and (not slope or rep.err_slope <= tol)):
+            return None, min(rep.err_a, rep.err_b) / max(rep.scale, 1e-300)
+        g1 = float(np.real(H(np.array([0.0 + 0j]))[0]))
+        u, rho = rep.u, rep.rho
+        ru = rho * u * V_STEP
+        v0 = V_STEP * round(math.log(u[0]) / V_STEP)
+        log_u = v0 + V_STEP * np.arange(len(u))
         out = np.empty_like(z)
         err = np.empty_like(z)
+        # z on a grid whose step is a multiple of V_STEP (the solver's scan): every ln t = ln u - z
+        # lies on one lattice, so ψ is computed once on it rather than once per z
+        lattice = None
+        if len(z) > 2:
+            shift = (z.max() - z) / V_STEP
+            if np.all(np.abs(shift - np.round(shift)) < 1e-9):
+                shift = np.round(shift).astype(int)
+                lt = v0 - z.max() + V_STEP * np.arange(len(u) + shift.max())
+                lattice = (shift, *self._laplace(lt, slope))
         for i, zk in enumerate(z):
-            t = math.exp(-zk) * u  # c·u
-            psi, ey = self._laplace(t, y, slope)  # ψ(t) = E[1 - e^{-tY}], E[Y e^{-tY}]
+            if lattice is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}]
+                psi, ty_e = self._laplace(log_u - zk, slope)
+            else:
+                k = lattice[0][i]
+                psi = lattice[1][k:k + len(u)]
+                ty_e = None if lattice[2] is None else lattice[2][k:k + len(u)]
             with np.errstate(divide="ignore"):
                 log_phi = np.log1p(-psi)
             if slope:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    weight = n * np.exp((n - 1) * log_phi) * ey * t
+                with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                    weight = n * np.exp((n - 1) * log_phi) * ty_e
                 weight = np.where(np.isfinite(weight), weight, 0.0)
-                out[i], err[i] = _trapezoid(rho, rho_lo, weight * u)
+                out[i] = ru @ weight
+                err[i] = rep.err_slope + 1e-15 * (np.abs(ru) @ np.abs(weight))
                 continue
-            # Two equal forms; take the better conditioned one for this z:
+            # Two equal forms; take the one with the smaller error bound at this z:
             #   A = offset + ∫ρ φ^n du           (good when p is mostly small)
             #   B = offset + g(1) - ∫ρ (1 - φ^n) du   (good when p is mostly near 1)
             phi_n = np.exp(n * log_phi)
-            a, a_err = _trapezoid(rho, rho_lo, phi_n * u)
-            b, b_err = _trapezoid(rho, rho_lo, -np.expm1(n * log_phi) * u)
-            cond_a = abs(offset) + np.abs(rho * phi_n * u).sum() * V_STEP
-            cond_b = abs(offset + g1) + np.abs(rho * np.expm1(n * log_phi) * u).sum() * V_STEP
-            if cond_a <= cond_b:
-                out[i], err[i] = offset + a, a_err + 1e-15 * cond_a
+            one_minus = -np.expm1(n * log_phi)
+            err_a = rep.err_a + 1e-15 * (abs(offset) + np.abs(ru) @ phi_n)
+            err_b = rep.err_b + 1e-15 * (abs(offset + g1) + np.abs(ru) @ one_minus)
+            if err_a <= err_b:
+                out[i], err[i] = offset + ru @ phi_n, err_a
             else:
-                out[i], err[i] = offset + g1 - b, b_err + 1e-15 * cond_b
+                out[i], err[i] = offset + g1 - ru @ one_minus, err_b
         return out, err
 
-    # ............................................................ Monte Carlo
-    def _laplace(self, t: np.ndarray, y: np.ndarray, slope: bool):
-        """ψ(t) = E[1 - e^{-tY}] and (if ``slope``) E[Y e^{-tY}], Y = e^{z - mean}.
+    def _laplace(self, log_t: np.ndarray, slope: bool):
+        """ψ(t) = E[1 - e^{-tY}] and (if ``slope``) E[tY e^{-tY}], Y = e^{z - mean}, at t = e^log_t.
 
-        Where t·max(Y) < SERIES_T the Taylor series in t (five moments of Y) is
-        used: its remainder is below (t·max Y)^6/720 ≈ 2e-18 relative, and it
-        spares the dense [len(t), atoms] evaluation on most of the u grid.
+        Where t·max(Y) < SERIES_T the Taylor series in t (five moments of Y, kept as
+        logarithms so that wide distributions do not overflow) is used: its remainder is
+        below (t·max Y)^6/720 ≈ 2e-18 relative, and it spares the dense [len(t), atoms]
+        evaluation on most of the u grid. Elsewhere only the atoms with 1e-18 <= tY <= 50
+        are evaluated: below, 1 - e^{-tY} = tY (prefix sums of w·Y), above, 1 (suffix sums
+        of w), both to 1e-18. That band is narrow for a wide distribution (std 10: an
+        eighth of the atoms), and the evaluation runs in blocks of at most CHUNK_ELEMS
+        numbers (``--atoms 0`` on millions of values stays in bounded memory).
         """
-        if self._moments is None:
-            self._ymax = float(y.max())
-            self._moments = [float(self._w @ y ** j) for j in range(1, 7)]
-        m = self._moments
-        small = t * self._ymax < SERIES_T
-        ts = t[small]
-        psi = np.empty_like(t)
-        psi[small] = ts * (m[0] - ts * (m[1] / 2 - ts * (m[2] / 6 - ts * (m[3] / 24
-                                                                          - ts * m[4] / 120))))
-        ty = np.outer(t[~small], y)
-        psi[~small] = np.minimum(-(np.expm1(-ty) @ self._w), 1.0)  # weights sum to 1 ± ulp
-        if not slope:
-            return psi, None
-        ey = np.empty_like(t)
-        ey[small] = m[0] - ts * (m[1] - ts * (m[2] / 2 - ts * (m[3] / 6 - ts * m[4] / 24)))
-        ey[~small] = (np.exp(-ty) * y) @ self._w
-        return psi, ey
+        x, w = self._x, self._w
+        if self._log_moments is None:
+            lw = np.log(w)
+            self._log_moments = [float(_logsumexp1(lw + j * x)) for j in range(1, 6)]
+            self._prefix_wy = np.concatenate([[0.0], np.cumsum(w * np.exp(x))])
+            self._suffix_w = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])
+        lm = self._log_moments
+        small = log_t + float(x[-1]) < math.log(SERIES_T)
+        ls = log_t[small]
+        T = [np.exp(j * ls + lm[j - 1]) for j in range(1, 6)]  # E[(tY)^j], each < 1e-3^j
+        psi = np.empty_like(log_t)
+        psi[small] = T[0] - T[1] / 2 + T[2] / 6 - T[3] / 24 + T[4] / 120
+        ty_e = np.empty_like(log_t) if slope else None
+        if slope:
+            ty_e[small] = T[0] - T[1] + T[2] / 2 - T[3] / 6 + T[4] / 24
+        big = np.nonzero(~small)[0]
+        if not len(big):
+            return psi, ty_e
+        i0 = np.searchsorted(x, math.log(1e-18) - log_t[big])  # atoms below: tY < 1e-18
+        i1 = np.searchsorted(x, math.log(50.0) - log_t[big])  # atoms from here: tY >= 50
+        width = max(1, int(np.max(i1 - i0)))
+        xp = np.concatenate([x, np.full(width, x[-1])])  # padding with zero weight
+        wp = np.concatenate([w, np.zeros(width)])
+        band = np.arange(width)
+        rows = max(1, CHUNK_ELEMS // width)
+        for a in range(0, len(big), rows):
+            r, j = big[a:a + rows], i0[a:a + rows]
+            idx = j[:, None] + band[None, :]
+            ty = np.exp(np.minimum(log_t[r, None] + xp[idx], 700.0))
+            t = np.exp(np.minimum(log_t[r], 700.0))
+            below = t * self._prefix_wy[j]
+            above = self._suffix_w[np.minimum(j + width, len(x))]
+            psi[r] = np.minimum(below - np.einsum("ij,ij->i", np.expm1(-ty), wp[idx]) + above, 1.0)
+            if slope:
+                ty_e[r] = below + np.einsum("ij,ij->i", ty * np.exp(-ty), wp[idx])
+        return psi, ty_e
 
     def _chunks(self, classes: int):
         """Deterministic chunks of the other K - 1 logits (centred), common to all calls."""
@@ -291,6 +459,12 @@ class Averager:
             h = 1e-4
             out = (self._per_sample(term, classes, zk + h, False)
                    - self._per_sample(term, classes, zk - h, False)) / (2 * h)
+        elif term.loss.sigma is not None:  # an exact kernel the quadrature cannot serve
+            lse = self._reduced(classes, lse_and_sum)[:, 0]  # ln Σ_{j≠k} e^{z_j}
+            with np.errstate(over="ignore"):
+                p = 1.0 / (1.0 + np.exp(lse - zk))
+            with np.errstate(all="ignore"):
+                out = term.loss.sigma.offset(term.params) + term.loss.sigma.g(p, term.params)
         elif term.loss.mc_reduce is not None:
             stats = self._reduced(classes, term.loss.mc_reduce)
             out = term.loss.mc_delta(zk, stats, classes, term.params)
@@ -326,12 +500,21 @@ class Averager:
         return self._stats_cache[(reducer, classes)]
 
     def _control_variates(self, classes: int) -> np.ndarray:
-        """Per draw: Σ_j e^{z_j}/(n m) - 1 and Σ_j z_j / n, whose means are exactly 0."""
+        """Per draw: Σ_j e^{z_j}/(n m) - 1 and Σ_j z_j / n, whose means are exactly 0.
+
+        A variate whose sample mean lies more than 4 standard errors from 0 is dropped: the
+        draws do not represent it (e^z of a wide distribution, std ~ 10, has its mean in
+        draws too rare to occur), and correcting by it would bias the average.
+        """
         if classes not in self._cv_cache:
             n = classes - 1
-            m = self.dist.exp_moment_exact()
             s = self._reduced(classes, lse_and_sum)
-            self._cv_cache[classes] = np.stack([np.exp(s[:, 0]) / (n * m) - 1.0, s[:, 1] / n], axis=1)
+            with np.errstate(over="ignore"):
+                X = np.stack([np.exp(s[:, 0] - math.log(n) - self.dist.log_exp_moment_exact())
+                              - 1.0, s[:, 1] / n], axis=1)
+            se = X.std(axis=0, ddof=1) / math.sqrt(len(X))
+            keep = np.isfinite(se) & (np.abs(X.mean(axis=0)) <= 4 * se)
+            self._cv_cache[classes] = X[:, keep]
         return self._cv_cache[classes]
 
     def _monte_carlo(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
@@ -349,6 +532,10 @@ class Averager:
             mean[i] = adjusted.mean()
             se[i] = adjusted.std(ddof=1 + X.shape[1]) / math.sqrt(total.size)
         return mean, se
+
+
+def _describe(params: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.10g}" for k, v in params.items()) or "no parameters"
 
 
 def default_samples(*specs: LossSpec) -> int:
