@@ -66,6 +66,8 @@ DEFAULT_SAMPLES_FULL = 1024
 MAX_DRAWS = 2_000_000_000
 SERIES_T = 1e-3  # below t·max(Y) the Laplace transform of Y is summed as a series
 CHUNK_ELEMS = 1 << 21  # logits per Monte Carlo chunk (16 MiB of float64)
+LAPLACE_CHUNK = 1 << 19  # (t, atom) pairs per block of the dense Laplace sums (4 MiB each)
+Z_LIMIT = 500.0  # |z - mean| beyond this: p or 1 - p underflows, δ_k is not representable
 CHECK_STEP = 0.5  # spacing in ln x of the check of the Laplace representation
 #: The exact path is used when its representation error bound is below EXACT_TOL times the
 #: kernel's scale (max |δ_k|); otherwise that term is averaged by Monte Carlo, and the
@@ -186,7 +188,8 @@ def _check_representation(rep: _Representation, H, offset: float, lo: float, hi:
     nf = len(xs)  # x ascends: its finite values come first
     rows = max(1, CHUNK_ELEMS // len(ru))
     for a in range(0, len(x), rows):
-        e = np.exp(-np.outer(x[a:a + rows], rep.u))
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(-np.outer(x[a:a + rows], rep.u))
         hr[a:a + rows] = e @ ru
         b = min(a + rows, nf)
         if b > a:
@@ -229,9 +232,11 @@ class Averager:
         self.dist = dist
         self.samples = int(samples)
         self.seed = int(seed)
-        x, w = dist.quadrature()
-        order = np.argsort(x, kind="stable")  # ascending nodes: the band search needs them
-        self._x, self._w = np.asarray(x, float)[order], np.asarray(w, float)[order]
+        x, w = (np.asarray(a, dtype=float) for a in dist.quadrature())
+        if np.any(x[1:] < x[:-1]):  # ascending nodes: the band search needs them
+            order = np.argsort(x, kind="stable")
+            x, w = x[order], w[order]
+        self._x, self._w = x, w
         self._log_m = _logsumexp1(np.log(self._w) + self._x)  # ln E[e^{z - mean}]
         self._m = math.exp(self._log_m)
         self._mc_cache: dict = {}
@@ -262,14 +267,12 @@ class Averager:
         ones, where S is dominated by its largest term).
         """
         n = check_classes(classes) - 1
-        x, w = self._x, self._w
-        order = np.argsort(x)
-        xs = x[order]
-        tail = np.cumsum(w[order][::-1])[::-1]  # P(z >= x_i)
-        hi = math.log(n) + float(xs[np.nonzero(tail > alpha / n)[0][-1]])
-        cdf = np.cumsum(w[order])  # P(z <= x_i)
+        x, w = self._x, self._w  # ascending
+        tail = np.cumsum(w[::-1])[::-1]  # P(z >= x_i)
+        hi = math.log(n) + float(x[np.nonzero(tail > alpha / n)[0][-1]])
+        cdf = np.cumsum(w)  # P(z <= x_i)
         below = np.nonzero(n * np.log(np.maximum(cdf, 1e-300)) <= math.log(alpha))[0]
-        lo_max = float(xs[below[-1]]) if len(below) else float(xs[0])
+        lo_max = float(x[below[-1]]) if len(below) else float(x[0])
         log_t = -(self._log_m + math.log(n)) + np.arange(-5.0, 40.0, 0.25)
         with np.errstate(divide="ignore"):
             log_phi = np.log1p(-self._laplace(log_t, False)[0])
@@ -282,6 +285,12 @@ class Averager:
     def _evaluate(self, loss, params, classes, z, slope):
         classes = check_classes(classes)
         z = np.atleast_1d(np.asarray(z, dtype=float))
+        far = ~(np.abs(z - self.dist.mean) <= Z_LIMIT)
+        if far.any():
+            raise UsageError(
+                f"z = {z[far][0]:.6g} lies beyond ±{Z_LIMIT:g} of the logit mean, where p = σ_k "
+                "or 1 - p underflows in float64 and δ_k is not representable; <δ_k> is not "
+                "computed there")
         terms = loss.terms(params)
         exact = [t for t in terms if t.loss.sigma is not None]
         mc = [t for t in terms if t.loss.sigma is None]
@@ -300,7 +309,8 @@ class Averager:
                 err = np.hypot(err, e)
         if mc:
             try:
-                v, e = self._monte_carlo(mc, classes, z - self.dist.mean, slope)
+                with np.errstate(all="ignore"):  # non-finite results are refused below
+                    v, e = self._monte_carlo(mc, classes, z - self.dist.mean, slope)
             except UsageError as exc:
                 raise UsageError(f"{note}; {exc}" if note else str(exc)) from None
             value += v
@@ -398,7 +408,7 @@ class Averager:
         are evaluated: below, 1 - e^{-tY} = tY (prefix sums of w·Y), above, 1 (suffix sums
         of w), both to 1e-18. That band is narrow for a wide distribution (std 10: an
         eighth of the atoms), and the evaluation runs in blocks of at most CHUNK_ELEMS
-        numbers (``--atoms 0`` on millions of values stays in bounded memory).
+        numbers (``--atoms 0`` on millions of values stays in bounded memory: LAPLACE_CHUNK).
         """
         x, w = self._x, self._w
         if self._log_moments is None:
@@ -424,7 +434,7 @@ class Averager:
         xp = np.concatenate([x, np.full(width, x[-1])])  # padding with zero weight
         wp = np.concatenate([w, np.zeros(width)])
         band = np.arange(width)
-        rows = max(1, CHUNK_ELEMS // width)
+        rows = max(1, LAPLACE_CHUNK // width)
         for a in range(0, len(big), rows):
             r, j = big[a:a + rows], i0[a:a + rows]
             idx = j[:, None] + band[None, :]
