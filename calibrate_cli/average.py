@@ -167,6 +167,13 @@ class _Representation:
     err_b: float = math.inf
     err_slope: float = math.inf
     scale: float = 0.0
+    g1: float = 0.0  # H(0) = g(1)
+
+    def __post_init__(self):
+        self.ru = self.rho * self.u * V_STEP  # the trapezoidal weights ρ_i u_i Δv
+        self.abs_ru = np.abs(self.ru)
+        self.v0 = V_STEP * round(math.log(self.u[0]) / V_STEP)
+        self.log_u = self.v0 + V_STEP * np.arange(len(self.u))
 
 
 def _check_representation(rep: _Representation, H, offset: float, lo: float, hi: float) -> None:
@@ -237,6 +244,7 @@ class Averager:
             order = np.argsort(x, kind="stable")
             x, w = x[order], w[order]
         self._x, self._w = x, w
+        self._x_lo, self._x_hi = float(x[0]), float(x[-1])
         self._log_m = _logsumexp1(np.log(self._w) + self._x)  # ln E[e^{z - mean}]
         self._m = math.exp(self._log_m)
         self._mc_cache: dict = {}
@@ -333,18 +341,19 @@ class Averager:
             return sum(t.weight * t.loss.sigma.g(p, t.params) for t in terms)
 
         n = classes - 1
-        x_lo, x_hi = float(self._x.min()), float(self._x.max())
+        z_lo, z_hi = float(z.min()), float(z.max())
         # ln x = ln(c·S) with S = Σ Y_j between n·min(Y) and n·max(Y)
-        lx_lo = min(max(math.log(n) + x_lo - float(z.max()), -60.0), 1500.0)
-        lx_hi = max(math.log(n) + x_hi - float(z.min()), lx_lo)
-        log_u_lo = math.log(1e-18) - math.log(n) - self._log_m + float(z.min())
+        lx_lo = min(max(math.log(n) + self._x_lo - z_hi, -60.0), 1500.0)
+        lx_hi = max(math.log(n) + self._x_hi - z_lo, lx_lo)
+        log_u_lo = math.log(1e-18) - math.log(n) - self._log_m + z_lo
         key = tuple((t.loss.name, t.weight, tuple(sorted(t.params.items()))) for t in terms)
         rep = self._rho_cache.get(key)
-        if rep is None or math.log(rep.u[0]) > max(log_u_lo, -700.0) + 1e-9:
+        if rep is None or rep.v0 > max(log_u_lo, -700.0) + 1e-9:
             with np.errstate(all="ignore"):
                 decay = min(t.loss.sigma.decay(t.params) for t in terms)
                 u = _u_grid(H, decay, log_u_lo)
                 rep = _Representation(u, laplace_inverse(H, u))
+                rep.g1 = float(np.real(H(np.array([0.0 + 0j]))[0]))
             if len(self._rho_cache) > 256:
                 self._rho_cache.clear()
             self._rho_cache[key] = rep
@@ -353,11 +362,8 @@ class Averager:
         tol = EXACT_TOL * rep.scale
         if not (min(rep.err_a, rep.err_b) <= tol and (not slope or rep.err_slope <= tol)):
             return None, min(rep.err_a, rep.err_b) / max(rep.scale, 1e-300)
-        g1 = float(np.real(H(np.array([0.0 + 0j]))[0]))
-        u, rho = rep.u, rep.rho
-        ru = rho * u * V_STEP
-        v0 = V_STEP * round(math.log(u[0]) / V_STEP)
-        log_u = v0 + V_STEP * np.arange(len(u))
+        g1, u, ru, abs_ru, v0 = rep.g1, rep.u, rep.ru, rep.abs_ru, rep.v0
+        log_u = rep.log_u
         out = np.empty_like(z)
         err = np.empty_like(z)
         # z on a grid whose step is a multiple of V_STEP (the solver's scan): every ln t = ln u - z
@@ -383,15 +389,15 @@ class Averager:
                     weight = n * np.exp((n - 1) * log_phi) * ty_e
                 weight = np.where(np.isfinite(weight), weight, 0.0)
                 out[i] = ru @ weight
-                err[i] = rep.err_slope + 1e-15 * (np.abs(ru) @ np.abs(weight))
+                err[i] = rep.err_slope + 1e-15 * (abs_ru @ np.abs(weight))
                 continue
             # Two equal forms; take the one with the smaller error bound at this z:
             #   A = offset + ∫ρ φ^n du           (good when p is mostly small)
             #   B = offset + g(1) - ∫ρ (1 - φ^n) du   (good when p is mostly near 1)
             phi_n = np.exp(n * log_phi)
             one_minus = -np.expm1(n * log_phi)
-            err_a = rep.err_a + 1e-15 * (abs(offset) + np.abs(ru) @ phi_n)
-            err_b = rep.err_b + 1e-15 * (abs(offset + g1) + np.abs(ru) @ one_minus)
+            err_a = rep.err_a + 1e-15 * (abs(offset) + abs_ru @ phi_n)
+            err_b = rep.err_b + 1e-15 * (abs(offset + g1) + abs_ru @ one_minus)
             if err_a <= err_b:
                 out[i], err[i] = offset + ru @ phi_n, err_a
             else:
@@ -417,9 +423,10 @@ class Averager:
             self._prefix_wy = np.concatenate([[0.0], np.cumsum(w * np.exp(x))])
             self._suffix_w = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])
         lm = self._log_moments
-        small = log_t + float(x[-1]) < math.log(SERIES_T)
-        ls = log_t[small]
-        T = [np.exp(j * ls + lm[j - 1]) for j in range(1, 6)]  # E[(tY)^j], each < 1e-3^j
+        small = log_t + self._x_hi < math.log(SERIES_T)
+        tm = np.exp(log_t[small] + self._x_hi)  # t·max(Y) < SERIES_T
+        # E[(tY)^j] = (t max Y)^j · E[Y^j]/max(Y)^j, each below SERIES_T^j (no overflow)
+        T = [tm ** j * math.exp(lm[j - 1] - j * self._x_hi) for j in range(1, 6)]
         psi = np.empty_like(log_t)
         psi[small] = T[0] - T[1] / 2 + T[2] / 6 - T[3] / 24 + T[4] / 120
         ty_e = np.empty_like(log_t) if slope else None
@@ -431,6 +438,15 @@ class Averager:
         i0 = np.searchsorted(x, math.log(1e-18) - log_t[big])  # atoms below: tY < 1e-18
         i1 = np.searchsorted(x, math.log(50.0) - log_t[big])  # atoms from here: tY >= 50
         width = max(1, int(np.max(i1 - i0)))
+        if 2 * width >= len(x):  # a narrow distribution: every atom matters, plain products
+            rows = max(1, LAPLACE_CHUNK // len(x))
+            for a in range(0, len(big), rows):
+                r = big[a:a + rows]
+                ty = np.exp(np.minimum(log_t[r, None] + x[None, :], 700.0))
+                psi[r] = np.minimum(-(np.expm1(-ty) @ w), 1.0)  # weights sum to 1 ± ulp
+                if slope:
+                    ty_e[r] = (ty * np.exp(-ty)) @ w
+            return psi, ty_e
         xp = np.concatenate([x, np.full(width, x[-1])])  # padding with zero weight
         wp = np.concatenate([w, np.zeros(width)])
         band = np.arange(width)
