@@ -130,7 +130,7 @@ def curve(
                 "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
                 "method": a.method, "note": a.note or None, "delta": a.value, "error": a.error,
             })
-            if a.note and not (json_ or csv_):
+            if a.note and not json_:  # (JSON carries it as "note")
                 c.say(f"note: {a.note}")
 
     labels = [f"{cv['loss']} K={cv['classes']}" + (f" eps={cv['epsilon']:.4g}" if cv["epsilon"]
