@@ -10,7 +10,11 @@ initialisation the other K − 1 logits are i.i.d. draws from a distribution p_z
 With a logit bias ε added to the correct-class logit during training, the network
 sees <δ_k>(z + ε). Every function returns the dataclass of :mod:`calibrate_cli.solve`
 (or :class:`calibrate_cli.average.Average`) with the value, its numerical error
-estimate and the quantities it was derived from.
+estimate and the quantities it was derived from. ``method`` says how <δ_k> was averaged
+("exact", "monte-carlo" or both); a loss whose δ_k depends on σ_k alone is exact unless its
+quadrature cannot reach its accuracy for the given parameters (then ``note`` says why and
+Monte Carlo is used). Inputs that cannot be computed honestly (a NaN or infinite average,
+a logit std above 10) raise :class:`calibrate_cli.errors.UsageError`.
 
 >>> from calibrate_cli import epsilon, q
 >>> round(epsilon(1000).epsilon, 4)          # MAE, match criterion, Gaussian std 0.5

@@ -26,8 +26,18 @@ of length K). ρ(u) comes from H by fixed-Talbot inversion (Abate & Valkó 2004)
 1 - φ^{K-1} = -expm1((K-1)·log1p(-ψ)) with ψ(t) = E[-expm1(-tY)] keeps full
 relative precision when (K-1)ψ is tiny or huge. The u-integral is the
 trapezoidal rule in v = ln u (exponentially convergent for this analytic
-integrand); the error estimate is the change when the step is doubled plus the
-change when the Talbot order drops from 24 to 18.
+integrand).
+
+The error bound: what is computed is exactly E[H_rep(cS)], H_rep(x) = Σ_i ρ_i u_i
+Δv e^{-u_i x} the discrete representation (or, in the second form, E[H_rep(cS) -
+H_rep(0) + H(0)]), so sup_x |H_rep(x) - H(x)| over the x that c·S can take bounds
+every error of the representation at once (Talbot, step, range of the u grid).
+It is measured per kernel (``laplace.check_representation``) and reported; where it
+exceeds EXACT_TOL of max|δ_k| (AEL at small a: its essential singularity at
+x = -1 makes the Talbot contour blow up; AGCE/AUL at large q) the kernel is
+averaged by Monte Carlo of p = 1/(1 + e^{ln S - z}) instead, and ``Average.note``
+says so. Of the two forms the one with the smaller bound is used (GCE at small q:
+ρ(u)·u ~ u^q has mass below any u grid, which only the second form tolerates).
 
 The slope d<δ_k>/dz_k (for the ``peak`` criterion) follows by differentiating
 under the integral: -∫ρ(u)·(K-1)φ^{K-2}(cu)·E[Y e^{-cuY}]·(-cu) du.
@@ -52,11 +62,11 @@ from typing import Mapping
 import numpy as np
 
 from .errors import UsageError
+from .laplace import (V_STEP, LaplaceTransform, Representation, check_representation,
+                      laplace_inverse, u_grid)
 from .logits import LogitDistribution
 from .losses.registry import LossSpec, Term, lse_and_sum
 
-TALBOT_ORDER = 24
-V_STEP = 0.125
 #: Monte Carlo logit vectors by default. NCE and its combinations reduce each vector to two
 #: numbers once per K, so 4096 cost little; losses that need whole vectors at every evaluation
 #: (NFL, biTemp, user losses) cost K × samples per evaluation, and 1024 already give standard
@@ -64,8 +74,16 @@ V_STEP = 0.125
 DEFAULT_SAMPLES = 4096
 DEFAULT_SAMPLES_FULL = 1024
 MAX_DRAWS = 2_000_000_000
-SERIES_T = 1e-3  # below t·max(Y) the Laplace transform of Y is summed as a series
 CHUNK_ELEMS = 1 << 21  # logits per Monte Carlo chunk (16 MiB of float64)
+Z_LIMIT = 500.0  # |z - mean| beyond this: p or 1 - p underflows, δ_k is not representable
+#: The exact path is used when its representation error bound is below EXACT_TOL times the
+#: kernel's scale (max |δ_k|); otherwise that term is averaged by Monte Carlo, and the
+#: result says so (``Average.note``).
+EXACT_TOL = 1e-8
+
+
+class NonFiniteAverage(UsageError):
+    """<δ_k> came out NaN or infinite (δ_k overflows for these inputs): never a silent number."""
 
 
 @dataclass(frozen=True)
@@ -79,62 +97,10 @@ class Average:
     value: np.ndarray
     error: np.ndarray
     method: str  # "exact", "monte-carlo" or "exact+monte-carlo"
+    note: str = ""  # why a σ_k-only loss was averaged by Monte Carlo, if it was
 
     def __getitem__(self, i):
-        return Average(self.value[i], self.error[i], self.method)
-
-
-# ----------------------------------------------------------------- Talbot
-def _talbot_nodes(order: int):
-    k = np.arange(1, order)
-    theta = k * math.pi / order
-    cot = 1.0 / np.tan(theta)
-    s_unit = theta * (cot + 1j)                      # s(θ)/r
-    sigma = theta + (theta * cot - 1.0) * cot
-    return s_unit, sigma
-
-
-def laplace_inverse(H, u: np.ndarray, order: int = TALBOT_ORDER) -> np.ndarray:
-    """ρ(u) with ∫ρ(u) e^{-ux} du = H(x), by the fixed Talbot contour.
-
-    ρ(u) = (r/M)[½ H(r) e^{ru} + Σ_{k=1}^{M-1} Re(e^{u s_k} H(s_k)(1 + iσ_k))],
-    s_k = rθ_k(cot θ_k + i), σ_k = θ_k + (θ_k cot θ_k - 1) cot θ_k, r = 2M/(5u).
-    Valid when H's singularities lie on the negative real axis.
-    """
-    u = np.asarray(u, dtype=float)
-    s_unit, sigma = _talbot_nodes(order)
-    r = 2.0 * order / (5.0 * u)
-    s = r[:, None] * s_unit[None, :]
-    with np.errstate(over="ignore", invalid="ignore"):
-        terms = np.exp(u[:, None] * s) * H(s) * (1.0 + 1j * sigma[None, :])
-        first = 0.5 * np.real(H(r.astype(complex))) * np.exp(r * u)
-    return (r / order) * (first + np.real(terms).sum(axis=1))
-
-
-def _u_grid(H, decay: float, u_lo: float) -> np.ndarray:
-    """Nodes u = e^v (v on multiples of V_STEP) covering where ρ(u)·u matters.
-
-    Upper end: ρ decays like e^{-decay·u}. Lower end: below ``u_lo`` the factor
-    1 - φ^n is negligible; the other form needs ρ(u)·u itself to be negligible,
-    so go down (to u = e^{-690} at most) until |ρ u| < 1e-18 of its maximum.
-    """
-    v_hi = math.ceil(math.log(45.0 / decay))
-    probe = np.arange(v_hi, -690.0, -8.0)
-    mag = np.abs(laplace_inverse(H, np.exp(probe)) * np.exp(probe))
-    small = np.nonzero(mag < 1e-18 * mag.max())[0]
-    small = small[probe[small] < -8.0]
-    v_rho = probe[small[0]] if len(small) else probe[-1]
-    v_lo = 8.0 * math.floor(min(math.log(u_lo), v_rho) / 8.0)
-    return np.exp(np.arange(v_lo, v_hi + V_STEP / 2, V_STEP))
-
-
-def _trapezoid(rho, rho_lo, weight):
-    """∫ρ(u)·weight(u) dv with its error estimate (step doubling + Talbot order)."""
-    f = rho * weight
-    fine = f.sum() * V_STEP
-    coarse = f[::2].sum() * 2 * V_STEP
-    talbot = abs(((rho - rho_lo) * weight).sum()) * V_STEP
-    return fine, abs(fine - coarse) + talbot
+        return Average(self.value[i], self.error[i], self.method, self.note)
 
 
 # --------------------------------------------------------------- the engine
@@ -155,13 +121,14 @@ class Averager:
         self.dist = dist
         self.samples = int(samples)
         self.seed = int(seed)
-        self._x, self._w = dist.quadrature()
-        self._m = float(np.sum(self._w * np.exp(self._x)))
+        self._lt = LaplaceTransform(*dist.quadrature())
+        self._x_lo, self._x_hi = self._lt.x_lo, self._lt.x_hi
+        self._log_m = self._lt.log_m  # ln E[e^{z - mean}]
+        self._m = math.exp(self._log_m)
         self._mc_cache: dict = {}
         self._stats_cache: dict = {}
         self._rho_cache: dict = {}
         self._cv_cache: dict = {}
-        self._moments: list[float] | None = None
 
     # ................................................................ public
     def mean_delta(self, loss: LossSpec, params: Mapping[str, float], classes: int, z) -> Average:
@@ -175,99 +142,125 @@ class Averager:
     def exact_possible(self, loss: LossSpec, params: Mapping[str, float]) -> bool:
         return all(t.loss.sigma is not None for t in loss.terms(params))
 
+    def log_sum_range(self, classes: int, alpha: float = 1e-12) -> tuple[float, float]:
+        """(lo, hi) with P(ln S < lo) <= alpha and P(ln S > hi) <= alpha, S = Σ_{j≠k} e^{z_j - mean}
+        (see :meth:`LaplaceTransform.log_sum_range`): where <δ_k>(z) changes, z is near ln S."""
+        return self._lt.log_sum_range(check_classes(classes) - 1, alpha)
+
     # .............................................................. internals
     def _evaluate(self, loss, params, classes, z, slope):
         classes = check_classes(classes)
         z = np.atleast_1d(np.asarray(z, dtype=float))
+        far = ~(np.abs(z - self.dist.mean) <= Z_LIMIT)
+        if far.any():
+            raise UsageError(
+                f"z = {z[far][0]:.6g} lies beyond ±{Z_LIMIT:g} of the logit mean, where p = σ_k "
+                "or 1 - p underflows in float64 and δ_k is not representable; <δ_k> is not "
+                "computed there")
         terms = loss.terms(params)
         exact = [t for t in terms if t.loss.sigma is not None]
         mc = [t for t in terms if t.loss.sigma is None]
         value = np.zeros_like(z)
-        err2 = np.zeros_like(z)
+        err = np.zeros_like(z)
+        note = ""
         if exact:
             v, e = self._exact(exact, classes, z - self.dist.mean, slope)
-            value += v
-            err2 += e * e
+            if v is None:  # the quadrature cannot reach EXACT_TOL: Monte Carlo, and say so
+                note = (f"{loss.name} ({_describe(params)}): the exact quadrature cannot reach its "
+                        f"accuracy here (error bound {e:.1g} × max|δ_k|, limit {EXACT_TOL:g}), so "
+                        "<δ_k> is averaged by Monte Carlo and its standard error is in the error")
+                mc, exact = exact + mc, []
+            else:
+                value += v
+                err = np.hypot(err, e)
         if mc:
-            v, e = self._monte_carlo(mc, classes, z - self.dist.mean, slope)
+            try:
+                with np.errstate(all="ignore"):  # non-finite results are refused below
+                    v, e = self._monte_carlo(mc, classes, z - self.dist.mean, slope)
+            except UsageError as exc:
+                raise UsageError(f"{note}; {exc}" if note else str(exc)) from None
             value += v
-            err2 += e * e
+            err = np.hypot(err, e)
         method = "exact" if not mc else ("monte-carlo" if not exact else "exact+monte-carlo")
-        return Average(value, np.sqrt(err2), method)
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise NonFiniteAverage(
+                f"<δ_k> of {loss.name} ({_describe(params)}) at K = {classes} is not finite at "
+                f"z = {z[bad][0]:.6g} ({method}): δ_k overflows or is NaN for these inputs")
+        return Average(value, err, method, note)
 
     def _exact(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
+        """(value, error) by the Laplace representation, or None where it cannot reach
+        EXACT_TOL (then the caller averages these terms by Monte Carlo)."""
         offset = sum(t.weight * t.loss.sigma.offset(t.params) for t in terms)
 
         def H(x):
             p = 1.0 / (1.0 + x)
             return sum(t.weight * t.loss.sigma.g(p, t.params) for t in terms)
 
-        decay = min(t.loss.sigma.decay(t.params) for t in terms)
-        g1 = float(np.real(H(np.array([0.0 + 0j]))[0]))
         n = classes - 1
-        u_lo = 1e-18 / (n * math.exp(-float(z.min())) * self._m)
+        z_lo, z_hi = float(z.min()), float(z.max())
+        # ln x = ln(c·S) with S = Σ Y_j between n·min(Y) and n·max(Y)
+        lx_lo = min(max(math.log(n) + self._x_lo - z_hi, -60.0), 1500.0)
+        lx_hi = max(math.log(n) + self._x_hi - z_lo, lx_lo)
+        log_u_lo = math.log(1e-18) - math.log(n) - self._log_m + z_lo
         key = tuple((t.loss.name, t.weight, tuple(sorted(t.params.items()))) for t in terms)
-        cached = self._rho_cache.get(key)
-        if cached is None or cached[0][0] > u_lo:
-            u = _u_grid(H, decay, u_lo)
-            cached = (u, laplace_inverse(H, u), laplace_inverse(H, u, order=TALBOT_ORDER - 6))
+        rep = self._rho_cache.get(key)
+        if rep is None or rep.v0 > max(log_u_lo, -700.0) + 1e-9:
+            with np.errstate(all="ignore"):
+                decay = min(t.loss.sigma.decay(t.params) for t in terms)
+                u = u_grid(H, decay, log_u_lo)
+                rep = Representation(u, laplace_inverse(H, u))
+                rep.g1 = float(np.real(H(np.array([0.0 + 0j]))[0]))
             if len(self._rho_cache) > 256:
                 self._rho_cache.clear()
-            self._rho_cache[key] = cached
-        u, rho, rho_lo = cached
-        y = np.exp(self._x)
+            self._rho_cache[key] = rep
+        if lx_lo < rep.log_x_lo or lx_hi > rep.log_x_hi:
+            check_representation(rep, H, offset, min(lx_lo, rep.log_x_lo), max(lx_hi, rep.log_x_hi))
+        tol = EXACT_TOL * rep.scale
+        if not (min(rep.err_a, rep.err_b) <= tol and (not slope or rep.err_slope <= tol)):
+            return None, min(rep.err_a, rep.err_b) / max(rep.scale, 1e-300)
+        g1, u, ru, abs_ru, v0 = rep.g1, rep.u, rep.ru, rep.abs_ru, rep.v0
+        log_u = rep.log_u
         out = np.empty_like(z)
         err = np.empty_like(z)
+        # z on a grid whose step is a multiple of V_STEP (the solver's scan): every ln t = ln u - z
+        # lies on one lattice, so ψ is computed once on it rather than once per z
+        lattice = None
+        if len(z) > 2:
+            shift = (z.max() - z) / V_STEP
+            if np.all(np.abs(shift - np.round(shift)) < 1e-9):
+                shift = np.round(shift).astype(int)
+                lt = v0 - z.max() + V_STEP * np.arange(len(u) + shift.max())
+                lattice = (shift, *self._lt.psi(lt, slope))
         for i, zk in enumerate(z):
-            t = math.exp(-zk) * u  # c·u
-            psi, ey = self._laplace(t, y, slope)  # ψ(t) = E[1 - e^{-tY}], E[Y e^{-tY}]
+            if lattice is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}]
+                psi, ty_e = self._lt.psi(log_u - zk, slope)
+            else:
+                k = lattice[0][i]
+                psi = lattice[1][k:k + len(u)]
+                ty_e = None if lattice[2] is None else lattice[2][k:k + len(u)]
             with np.errstate(divide="ignore"):
                 log_phi = np.log1p(-psi)
             if slope:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    weight = n * np.exp((n - 1) * log_phi) * ey * t
+                with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                    weight = n * np.exp((n - 1) * log_phi) * ty_e
                 weight = np.where(np.isfinite(weight), weight, 0.0)
-                out[i], err[i] = _trapezoid(rho, rho_lo, weight * u)
+                out[i] = ru @ weight
+                err[i] = rep.err_slope + 1e-15 * (abs_ru @ np.abs(weight))
                 continue
-            # Two equal forms; take the better conditioned one for this z:
+            # Two equal forms; take the one with the smaller error bound at this z:
             #   A = offset + ∫ρ φ^n du           (good when p is mostly small)
             #   B = offset + g(1) - ∫ρ (1 - φ^n) du   (good when p is mostly near 1)
             phi_n = np.exp(n * log_phi)
-            a, a_err = _trapezoid(rho, rho_lo, phi_n * u)
-            b, b_err = _trapezoid(rho, rho_lo, -np.expm1(n * log_phi) * u)
-            cond_a = abs(offset) + np.abs(rho * phi_n * u).sum() * V_STEP
-            cond_b = abs(offset + g1) + np.abs(rho * np.expm1(n * log_phi) * u).sum() * V_STEP
-            if cond_a <= cond_b:
-                out[i], err[i] = offset + a, a_err + 1e-15 * cond_a
+            one_minus = -np.expm1(n * log_phi)
+            err_a = rep.err_a + 1e-15 * (abs(offset) + abs_ru @ phi_n)
+            err_b = rep.err_b + 1e-15 * (abs(offset + g1) + abs_ru @ one_minus)
+            if err_a <= err_b:
+                out[i], err[i] = offset + ru @ phi_n, err_a
             else:
-                out[i], err[i] = offset + g1 - b, b_err + 1e-15 * cond_b
+                out[i], err[i] = offset + g1 - ru @ one_minus, err_b
         return out, err
-
-    # ............................................................ Monte Carlo
-    def _laplace(self, t: np.ndarray, y: np.ndarray, slope: bool):
-        """ψ(t) = E[1 - e^{-tY}] and (if ``slope``) E[Y e^{-tY}], Y = e^{z - mean}.
-
-        Where t·max(Y) < SERIES_T the Taylor series in t (five moments of Y) is
-        used: its remainder is below (t·max Y)^6/720 ≈ 2e-18 relative, and it
-        spares the dense [len(t), atoms] evaluation on most of the u grid.
-        """
-        if self._moments is None:
-            self._ymax = float(y.max())
-            self._moments = [float(self._w @ y ** j) for j in range(1, 7)]
-        m = self._moments
-        small = t * self._ymax < SERIES_T
-        ts = t[small]
-        psi = np.empty_like(t)
-        psi[small] = ts * (m[0] - ts * (m[1] / 2 - ts * (m[2] / 6 - ts * (m[3] / 24
-                                                                          - ts * m[4] / 120))))
-        ty = np.outer(t[~small], y)
-        psi[~small] = np.minimum(-(np.expm1(-ty) @ self._w), 1.0)  # weights sum to 1 ± ulp
-        if not slope:
-            return psi, None
-        ey = np.empty_like(t)
-        ey[small] = m[0] - ts * (m[1] - ts * (m[2] / 2 - ts * (m[3] / 6 - ts * m[4] / 24)))
-        ey[~small] = (np.exp(-ty) * y) @ self._w
-        return psi, ey
 
     def _chunks(self, classes: int):
         """Deterministic chunks of the other K - 1 logits (centred), common to all calls."""
@@ -291,6 +284,12 @@ class Averager:
             h = 1e-4
             out = (self._per_sample(term, classes, zk + h, False)
                    - self._per_sample(term, classes, zk - h, False)) / (2 * h)
+        elif term.loss.sigma is not None:  # an exact kernel the quadrature cannot serve
+            lse = self._reduced(classes, lse_and_sum)[:, 0]  # ln Σ_{j≠k} e^{z_j}
+            with np.errstate(over="ignore"):
+                p = 1.0 / (1.0 + np.exp(lse - zk))
+            with np.errstate(all="ignore"):
+                out = term.loss.sigma.offset(term.params) + term.loss.sigma.g(p, term.params)
         elif term.loss.mc_reduce is not None:
             stats = self._reduced(classes, term.loss.mc_reduce)
             out = term.loss.mc_delta(zk, stats, classes, term.params)
@@ -326,12 +325,21 @@ class Averager:
         return self._stats_cache[(reducer, classes)]
 
     def _control_variates(self, classes: int) -> np.ndarray:
-        """Per draw: Σ_j e^{z_j}/(n m) - 1 and Σ_j z_j / n, whose means are exactly 0."""
+        """Per draw: Σ_j e^{z_j}/(n m) - 1 and Σ_j z_j / n, whose means are exactly 0.
+
+        A variate whose sample mean lies more than 4 standard errors from 0 is dropped: the
+        draws do not represent it (e^z of a wide distribution, std ~ 10, has its mean in
+        draws too rare to occur), and correcting by it would bias the average.
+        """
         if classes not in self._cv_cache:
             n = classes - 1
-            m = self.dist.exp_moment_exact()
             s = self._reduced(classes, lse_and_sum)
-            self._cv_cache[classes] = np.stack([np.exp(s[:, 0]) / (n * m) - 1.0, s[:, 1] / n], axis=1)
+            with np.errstate(over="ignore"):
+                X = np.stack([np.exp(s[:, 0] - math.log(n) - self.dist.log_exp_moment_exact())
+                              - 1.0, s[:, 1] / n], axis=1)
+            se = X.std(axis=0, ddof=1) / math.sqrt(len(X))
+            keep = np.isfinite(se) & (np.abs(X.mean(axis=0)) <= 4 * se)
+            self._cv_cache[classes] = X[:, keep]
         return self._cv_cache[classes]
 
     def _monte_carlo(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
@@ -349,6 +357,10 @@ class Averager:
             mean[i] = adjusted.mean()
             se[i] = adjusted.std(ddof=1 + X.shape[1]) / math.sqrt(total.size)
         return mean, se
+
+
+def _describe(params: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.10g}" for k, v in params.items()) or "no parameters"
 
 
 def default_samples(*specs: LossSpec) -> int:

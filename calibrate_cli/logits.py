@@ -30,7 +30,12 @@ from .errors import UsageError
 #: Default logit std: see README "Choosing the logit distribution" for the measurement.
 DEFAULT_LOGIT_STD = 0.5
 DEFAULT_ATOMS = 2048
+#: The widest logit distribution accepted (Gaussian --logit-std, or the std of measured
+#: logits): networks at initialisation measure 0.1 to 0.6 (README), so 10 leaves a wide margin.
+#: The engine is checked against Monte Carlo up to it.
 MAX_STD = 10.0
+#: Centred measured logits beyond this are rejected (e^z would overflow in the averages).
+MAX_ABS = 300.0
 
 
 class LogitDistribution:
@@ -51,6 +56,10 @@ class LogitDistribution:
     def exp_moment_exact(self) -> float:
         """E[exp(z - mean)] of the distribution itself (control variates need it exact)."""
         return self.exp_moment()
+
+    def log_exp_moment_exact(self) -> float:
+        """ln E[exp(z - mean)], finite where the moment itself would overflow."""
+        return math.log(self.exp_moment_exact())
 
     def exp_moment(self) -> float:
         """m = E[exp(z - mean)], the mean-field scale of Σ_j e^{z_j}."""
@@ -86,6 +95,9 @@ class Gaussian(LogitDistribution):
 
     def exp_moment_exact(self) -> float:
         return math.exp(0.5 * self.std ** 2)
+
+    def log_exp_moment_exact(self) -> float:
+        return 0.5 * self.std ** 2
 
 
 _RULES: dict[float, tuple[np.ndarray, np.ndarray]] = {}
@@ -148,7 +160,12 @@ class Empirical(LogitDistribution):
         return rng.choice(self.values, size=shape, replace=True)
 
     def exp_moment_exact(self) -> float:
-        return float(np.mean(np.exp(self.values)))
+        return math.exp(self.log_exp_moment_exact())
+
+    def log_exp_moment_exact(self) -> float:
+        v = self.values
+        top = float(np.max(v))
+        return top + math.log(float(np.mean(np.exp(v - top))))
 
     def describe(self):
         v = self.values
@@ -169,6 +186,8 @@ def centre_rows(z: np.ndarray) -> np.ndarray:
 
 def from_array(arr, *, source: str = "array", atoms: int = DEFAULT_ATOMS) -> Empirical:
     """An :class:`Empirical` from logits of shape [N, K] (rows centred) or flat."""
+    if np.iscomplexobj(arr):
+        raise UsageError(f"{source}: logits are complex numbers; give real logits")
     a = np.asarray(arr, dtype=float)
     if a.ndim == 0 or a.size < 2:
         raise UsageError(f"{source}: need at least 2 logits, got shape {a.shape}")
@@ -185,15 +204,26 @@ def from_array(arr, *, source: str = "array", atoms: int = DEFAULT_ATOMS) -> Emp
         mean = float(a.mean())
         centred = a - mean
         centering = "global"
-    if not np.std(centred) > 0:
+    std = float(np.std(centred))
+    if not std > 0:
         raise UsageError(f"{source}: logits have zero spread")
+    if std > MAX_STD:
+        raise UsageError(
+            f"{source}: the logits have std {std:.4g} (centred per {'row' if centering == 'rows' else 'array'}), "
+            f"beyond the supported {MAX_STD:g}; networks at initialisation show 0.1 to 0.6. "
+            "Were they measured after training, or scaled?")
+    top = float(np.max(np.abs(centred)))
+    if top > MAX_ABS:
+        raise UsageError(
+            f"{source}: a logit lies {top:.4g} from its {'row' if centering == 'rows' else 'array'} mean, "
+            f"beyond the supported {MAX_ABS:g}")
     if atoms < 0:
         raise UsageError(f"--atoms must be >= 0, got {atoms}")
     return Empirical(centred, mean=mean, source=source, centering=centering, atoms=atoms)
 
 
 def load_logits(path: str, *, atoms: int = DEFAULT_ATOMS) -> Empirical:
-    """Read measured logits from ``.npy``, ``.npz`` (key ``logits`` or the only array) or ``.pt``."""
+    """Read measured logits from ``.npy``, ``.npz`` (array ``logits``) or ``.pt``."""
     return from_array(read_logits_array(path), source=path, atoms=atoms)
 
 
@@ -208,13 +238,11 @@ def read_logits_array(path: str) -> np.ndarray:
         elif ext == ".npz":
             with np.load(path, allow_pickle=False) as f:
                 keys = list(f.keys())
-                if "logits" in keys:
-                    arr = f["logits"]
-                elif len(keys) == 1:
-                    arr = f[keys[0]]
-                else:
+                if "logits" not in keys:
                     raise UsageError(
-                        f"'{path}' holds arrays {keys}; name the logits array 'logits'")
+                        f"'{path}' has no array named 'logits' (it holds {', '.join(keys) or 'none'}); "
+                        "save it with numpy.savez(path, logits=array)")
+                arr = f["logits"]
         elif ext in (".pt", ".pth"):
             import torch  # only for this format
 
@@ -223,6 +251,9 @@ def read_logits_array(path: str) -> np.ndarray:
                 obj = obj.get("logits", obj)
             if not hasattr(obj, "numpy"):
                 raise UsageError(f"'{path}' does not hold a tensor (or a dict with 'logits')")
+            if obj.is_complex():
+                raise UsageError(f"'{path}': logits are complex numbers (dtype {obj.dtype}); "
+                                 "give real logits")
             arr = obj.detach().double().numpy()
         else:
             raise UsageError(f"logits file '{path}': unknown extension '{ext}' (use .npy, .npz or .pt)")
@@ -232,4 +263,7 @@ def read_logits_array(path: str) -> np.ndarray:
         raise UsageError(f"cannot read logits file '{path}': {type(exc).__name__}: {exc}") from None
     if not np.issubdtype(np.asarray(arr).dtype, np.number):
         raise UsageError(f"'{path}': logits must be numeric, got dtype {np.asarray(arr).dtype}")
+    if np.iscomplexobj(arr):
+        raise UsageError(f"'{path}': logits are complex numbers (dtype {np.asarray(arr).dtype}); "
+                         "give real logits")
     return np.asarray(arr)

@@ -44,7 +44,7 @@ from typing import Mapping
 import numpy as np
 from scipy.optimize import brentq
 
-from .average import Averager, check_classes, default_samples
+from .average import Averager, NonFiniteAverage, check_classes, default_samples
 from .errors import NoSolutionError, UsageError
 from .logits import LogitDistribution
 from .losses.registry import LossSpec, check_params
@@ -72,6 +72,7 @@ class EpsilonResult:
     branch: str
     method: str
     other_root: float | None = None
+    note: str = ""  # why a σ_k-only loss was averaged by Monte Carlo, if it was
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,18 @@ class TransferResult:
     delta_after: float  # <δ_k>_{K_to, θ}(at)
     method: str
     other_roots: list = field(default_factory=list)
+    note: str = ""  # why a σ_k-only loss was averaged by Monte Carlo, if it was
 
 
 # ------------------------------------------------------------------ helpers
 def _window(dist: LogitDistribution, averager: Averager, classes: int, step: float = 2.0):
+    """z_c ± HALF_WINDOW, widened to ln S ± HALF_WINDOW for the range ln S takes (wide
+    logit distributions: S is dominated by its largest term, far from (K-1)·E[e^z])."""
     zc = dist.mean + math.log((classes - 1) * averager._m)
-    return zc + np.arange(-HALF_WINDOW, HALF_WINDOW + step / 2, step)
+    lo, hi = averager.log_sum_range(classes)
+    a = math.floor((min(zc, dist.mean + lo) - HALF_WINDOW - zc) / step)
+    b = math.ceil((max(zc, dist.mean + hi) + HALF_WINDOW - zc) / step)
+    return zc + step * np.arange(a, b + 1)
 
 
 def find_peak(loss: LossSpec, params, classes: int, averager: Averager):
@@ -165,8 +172,9 @@ def solve_epsilon(
         after = av.mean_delta(loss, params, classes, mu + eps)
         return EpsilonResult(eps, float(err + XTOL), criterion, classes, None, None,
                              float(before.value[0]), float(after.value[0]), zs, peak_delta,
-                             branch, before.method)
+                             branch, _method(before, after), note=_note(before, after))
 
+    ref = None
     if criterion == "match":
         ref_k = check_classes(reference_classes)
         ref = av.mean_delta(loss, params, ref_k, mu)
@@ -182,12 +190,24 @@ def solve_epsilon(
         _no_root(loss, classes, t, zs, peak_delta, grid, vals)
     at = av.mean_delta(loss, params, classes, z_root)
     slope = av.slope(loss, params, classes, z_root).value[0]
-    err = (_difference_error(at.method, t_err, float(at.error[0]), same_draws=ref_k == classes)
+    method = _method(before, at, ref)
+    err = (_difference_error(method, t_err, float(at.error[0]), same_draws=ref_k == classes)
            / abs(slope) if slope else math.inf)
     eps = z_root - mu
     return EpsilonResult(eps, float(err + XTOL), criterion, classes, ref_k, t,
                          float(before.value[0]), float(at.value[0]), zs, peak_delta, branch,
-                         before.method, None if other is None else other - mu)
+                         method, None if other is None else other - mu,
+                         note=_note(before, at, ref))
+
+
+def _method(*averages) -> str:
+    """One word for how the averages behind a result were computed."""
+    methods = {a.method for a in averages if a is not None}
+    return methods.pop() if len(methods) == 1 else "exact+monte-carlo"
+
+
+def _note(*averages) -> str:
+    return "; ".join(dict.fromkeys(a.note for a in averages if a is not None and a.note))
 
 
 def _difference_error(method: str, target_err: float, value_err: float, *, same_draws: bool) -> float:
@@ -295,9 +315,16 @@ def solve_transfer(
         return float(av.mean_delta(loss, p, k_to, z).value[0]) - t
 
     before = F(theta0) + t
+
+    def F_scan(theta):  # extreme corners of the range may overflow: skip them
+        try:
+            return F(theta)
+        except NonFiniteAverage:
+            return math.nan
+
     grid = _scan(spec, theta0)
-    with np.errstate(all="ignore"):  # extreme corners of the range may overflow: skip them
-        fv = np.array([F(g) for g in grid])
+    with np.errstate(all="ignore"):
+        fv = np.array([F_scan(g) for g in grid])
     ok = np.isfinite(fv)
     grid, fv = grid[ok], fv[ok]
     if len(grid) < 2:
@@ -322,11 +349,12 @@ def solve_transfer(
     after = av.mean_delta(loss, p, k_to, z)
     h = 1e-6 * max(abs(value), 1e-6)
     dfd = (F(value + h) - F(value - h)) / (2 * h) if spec.contains(value - h) and spec.contains(value + h) else 0.0
-    err = (_difference_error(after.method, t_err, float(after.error[0]), same_draws=False)
+    err = (_difference_error(_method(ref, after), t_err, float(after.error[0]), same_draws=False)
            / abs(dfd) if dfd else math.inf)
+    method = _method(ref, after)
     return TransferResult(param, value, float(err + XTOL * max(1.0, abs(value))), theta0, k_from, k_to, z,
-                          t, before, float(after.value[0]), after.method,
-                          [float(r) for r in roots[1:]])
+                          t, before, float(after.value[0]), method,
+                          [float(r) for r in roots[1:]], note=_note(ref, after))
 
 
 def solve_q(k_from: int, k_to: int, dist: LogitDistribution, *, q_from: float = 0.7,

@@ -18,7 +18,8 @@ import typer
 from .._version import __version__
 from ..average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, Averager, default_samples
 from ..errors import UsageError
-from ..logits import DEFAULT_ATOMS, DEFAULT_LOGIT_STD, Gaussian, LogitDistribution, load_logits
+from ..logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
+                      load_logits)
 from ..losses import get_loss, parse_assignments, resolve_params
 
 LOSS_PANEL = "Loss"
@@ -39,29 +40,30 @@ Set = Annotated[Optional[list[str]], typer.Option(
     help="Set one loss parameter (repeatable); applied after --preset.")]
 
 # ---------------------------------------------------------- distribution
-LogitMean = Annotated[float, typer.Option(
-    "--logit-mean", rich_help_panel=DIST_PANEL,
-    help="Mean μ of the Gaussian logit distribution. ε and <δ_k> do not depend on it "
-         "(softmax is shift invariant); z values are reported in its frame.")]
-LogitStd = Annotated[float, typer.Option(
-    "--logit-std", rich_help_panel=DIST_PANEL,
-    help="Std of the Gaussian logit distribution (default measured on common networks, "
-         "see README).")]
+LogitMean = Annotated[Optional[float], typer.Option(
+    "--logit-mean", rich_help_panel=DIST_PANEL, show_default=False,
+    help="Mean μ of the Gaussian logit distribution (default 0). ε and <δ_k> do not depend on "
+         "it (softmax is shift invariant); z values are reported in its frame.")]
+LogitStd = Annotated[Optional[float], typer.Option(
+    "--logit-std", rich_help_panel=DIST_PANEL, show_default=False,
+    help=f"Std of the Gaussian logit distribution, in (0, {MAX_STD:g}] (default "
+         f"{DEFAULT_LOGIT_STD:g}, measured on common networks, see README).")]
 Logits = Annotated[Optional[str], typer.Option(
     "--logits", rich_help_panel=DIST_PANEL, metavar="FILE",
-    help="Measured logits (.npy, .npz key 'logits', .pt; shape [N, K] or flat): use their "
+    help="Measured logits (.npy, .npz array 'logits', .pt; shape [N, K] or flat): use their "
          "empirical distribution instead of the Gaussian.")]
-Atoms = Annotated[int, typer.Option(
-    "--atoms", rich_help_panel=DIST_PANEL,
-    help="Equal-mass atoms the exact engine uses for --logits (0: every value).")]
+Atoms = Annotated[Optional[int], typer.Option(
+    "--atoms", rich_help_panel=DIST_PANEL, show_default=False,
+    help=f"Equal-mass atoms the exact engine uses for --logits / --from-model (default "
+         f"{DEFAULT_ATOMS}; 0: every value, slower but in bounded memory).")]
 FromModel = Annotated[Optional[str], typer.Option(
     "--from-model", rich_help_panel=DIST_PANEL, metavar="MODEL",
     help="Measure the logits of MODEL (mlp1024, cnn8, resnet18/34/50) at its default "
          "initialisation on Gaussian inputs of --input-shape, then calibrate with them "
          "(needs torch).")]
-InputShape = Annotated[str, typer.Option(
-    "--input-shape", rich_help_panel=DIST_PANEL, metavar="C,H,W",
-    help="Input shape for --from-model.")]
+InputShape = Annotated[Optional[str], typer.Option(
+    "--input-shape", rich_help_panel=DIST_PANEL, metavar="C,H,W", show_default=False,
+    help="Input shape for --from-model (default 3,32,32).")]
 
 # --------------------------------------------------------------- numerics
 Samples = Annotated[Optional[int], typer.Option(
@@ -100,12 +102,31 @@ def preset_record(spec, preset: str | None) -> dict | None:
     return {"dataset": p.dataset, "classes": p.classes, "values": dict(p.values), "source": p.source}
 
 
-def make_distribution(*, logit_mean: float, logit_std: float, logits: str | None, atoms: int,
-                      from_model: str | None = None, input_shape: str = "3,32,32",
-                      classes: int = 10, quiet: bool = False) -> LogitDistribution:
-    """The logit distribution chosen by the options (at most one source)."""
+def make_distribution(*, logit_mean: float | None, logit_std: float | None, logits: str | None,
+                      atoms: int | None, from_model: str | None = None,
+                      input_shape: str | None = None, classes: int = 10,
+                      quiet: bool = False) -> LogitDistribution:
+    """The logit distribution chosen by the options (at most one source).
+
+    None means "not given": an option that does not apply to the chosen source (--logit-std
+    with --logits, --atoms with the Gaussian, --input-shape without --from-model) is a usage
+    error rather than silently ignored.
+    """
     if logits and from_model:
         raise UsageError("give either --logits FILE or --from-model MODEL, not both")
+    measured = "--logits" if logits else ("--from-model" if from_model else None)
+    if measured:
+        given = [o for o, v in (("--logit-std", logit_std), ("--logit-mean", logit_mean)) if v is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} describe{'' if len(given) > 1 else 's'} the "
+                             "Gaussian logit distribution; "
+                             f"with {measured} the measured logits are used instead, so drop "
+                             f"{' and '.join(given)}")
+    elif atoms is not None:
+        raise UsageError("--atoms applies to measured logits (--logits or --from-model) only")
+    if input_shape is not None and not from_model:
+        raise UsageError("--input-shape applies to --from-model only")
+    atoms = DEFAULT_ATOMS if atoms is None else atoms
     if atoms < 0:
         raise UsageError(f"--atoms must be >= 0, got {atoms}")
     if logits:
@@ -114,6 +135,7 @@ def make_distribution(*, logit_mean: float, logit_std: float, logits: str | None
         from ..logits import from_array
         from ..measure import measure_logits
 
+        input_shape = input_shape or DEFAULTS["input_shape"]
         shape = parse_shape(input_shape)
         m = measure_logits(from_model, classes, input_shape=shape)
         if not quiet:
@@ -121,7 +143,8 @@ def make_distribution(*, logit_mean: float, logit_std: float, logits: str | None
                 f"logit std {m.stats['std']:.4f} over {m.logits.shape[0]} inputs")
         return from_array(m.logits, source=f"{from_model} at init, input {input_shape}",
                           atoms=atoms)
-    return Gaussian(logit_mean, logit_std)
+    return Gaussian(DEFAULTS["logit_mean"] if logit_mean is None else logit_mean,
+                    DEFAULT_LOGIT_STD if logit_std is None else logit_std)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -144,18 +167,19 @@ def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *spec
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
+    """Integers separated by commas, written as integers ('1e3' and '10.0' are refused, as
+    the single-valued integer options refuse them)."""
     out = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            v = float(part)
+            v = int(part)
         except ValueError:
-            raise UsageError(f"{option} expects integers separated by commas, got '{part}'") from None
-        if not v.is_integer():
-            raise UsageError(f"{option} must be an integer >= 2, got {part}")
-        out.append(int(v))
+            raise UsageError(f"{option} expects integers separated by commas (like 10,100,1000), "
+                             f"got '{part}'") from None
+        out.append(v)
     if not out:
         raise UsageError(f"{option} needs at least one value")
     return out

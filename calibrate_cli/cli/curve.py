@@ -54,21 +54,24 @@ def curve(
     epsilon: Annotated[str, typer.Option(
         "--epsilon", help="Logit bias: none (default), auto (solved per loss and K with "
                           "--criterion) or a number.")] = "none",
-    criterion: Annotated[str, typer.Option(
-        "--criterion", help=f"Criterion of --epsilon auto: {', '.join(CRITERIA[:2])}.")] = "match",
-    reference_classes: Annotated[int, typer.Option(
-        "--reference-classes", help="K_ref of the match criterion.")] = 10,
+    criterion: Annotated[Optional[str], typer.Option(
+        "--criterion", show_default=False,
+        help=f"Criterion of --epsilon auto: {', '.join(CRITERIA[:2])} (default match).")] = None,
+    reference_classes: Annotated[Optional[int], typer.Option(
+        "--reference-classes", show_default=False,
+        help="K_ref of the match criterion of --epsilon auto (default 10).")] = None,
     z_min: Annotated[Optional[float], typer.Option(
         "--z-min", help="Grid start (default: logit mean - 3).")] = None,
     z_max: Annotated[Optional[float], typer.Option(
-        "--z-max", help="Grid end (default: logit mean + ln(K_max - 1) + 6).")] = None,
+        "--z-max", help="Grid end (default: logit mean + ln(K_max - 1) + 6, or further for a "
+                        "wide logit distribution, so that the peak is shown).")] = None,
     points: Annotated[int, typer.Option("--points", help="Grid points (2 to 100000).")] = 41,
-    logit_mean: c.LogitMean = c.DEFAULTS["logit_mean"],
-    logit_std: c.LogitStd = c.DEFAULTS["logit_std"],
+    logit_mean: c.LogitMean = None,
+    logit_std: c.LogitStd = None,
     logits: c.Logits = None,
-    atoms: c.Atoms = c.DEFAULTS["atoms"],
+    atoms: c.Atoms = None,
     from_model: c.FromModel = None,
-    input_shape: c.InputShape = c.DEFAULTS["input_shape"],
+    input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
     json_: c.Json = False,
@@ -78,9 +81,19 @@ def curve(
         raise c.UsageError("give either --json or --csv, not both")
     if not 2 <= points <= 100_000:
         raise c.UsageError(f"--points must be in [2, 100000], got {points}")
+    eps_opt = _parse_epsilon(epsilon)
+    if eps_opt != "auto":
+        given = [o for o, v in (("--criterion", criterion), ("--reference-classes", reference_classes))
+                 if v is not None]
+        if given:
+            raise c.UsageError(f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} "
+                               "to --epsilon auto")
+    criterion = criterion or "match"
     if criterion not in ("match", "peak"):
         raise c.UsageError(f"--criterion of --epsilon auto must be match or peak, got '{criterion}'")
-    eps_opt = _parse_epsilon(epsilon)
+    if reference_classes is not None and criterion != "match":
+        raise c.UsageError("--reference-classes is only used with --criterion match")
+    reference_classes = 10 if reference_classes is None else reference_classes
     names = [n.strip() for item in loss for n in item.split(",") if n.strip()]
     if not names:
         raise c.UsageError("--loss needs at least one loss name")
@@ -92,7 +105,11 @@ def curve(
     av = c.make_averager(dist, samples, seed, *(spec for spec, _ in losses))
     mu = dist.mean
     lo = mu - 3.0 if z_min is None else z_min
-    hi = mu + math.log(max(ks) - 1) + 6.0 if z_max is None else z_max
+    if z_max is None:  # past the peak: ln S reaches beyond ln(K - 1) when the logits are wide
+        hi = max(mu + math.log(max(ks) - 1) + 6.0,
+                 mu + max(av.log_sum_range(k, alpha=1e-3)[1] for k in ks) + 3.0)
+    else:
+        hi = z_max
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise c.UsageError(f"need finite --z-min < --z-max, got {lo:g} and {hi:g}")
     z = np.linspace(lo, hi, points)
@@ -111,8 +128,10 @@ def curve(
                 "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
                 "classes": k, "epsilon": eps,
                 "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
-                "method": a.method, "delta": a.value, "error": a.error,
+                "method": a.method, "note": a.note or None, "delta": a.value, "error": a.error,
             })
+            if a.note and not json_:  # (JSON carries it as "note")
+                c.say(f"note: {a.note}")
 
     labels = [f"{cv['loss']} K={cv['classes']}" + (f" eps={cv['epsilon']:.4g}" if cv["epsilon"]
                                                    else "") for cv in curves]

@@ -34,29 +34,38 @@ def epsilon(
     set_: c.Set = None,
     criterion: Annotated[str, typer.Option(
         "--criterion", help=f"One of {', '.join(CRITERIA)}.")] = "match",
-    reference_classes: Annotated[int, typer.Option(
-        "--reference-classes", help="K_ref of the match criterion.")] = 10,
+    reference_classes: Annotated[Optional[int], typer.Option(
+        "--reference-classes", show_default=False,
+        help="K_ref of the match criterion (default 10).")] = None,
     target: Annotated[Optional[float], typer.Option(
         "--target", help="<δ_k> to reach at the logit mean (criterion target).")] = None,
-    branch: Annotated[str, typer.Option(
-        "--branch", help="Which root of match/target: below the peak of <δ_k>(z) or above it.")
-    ] = "below",
-    logit_mean: c.LogitMean = c.DEFAULTS["logit_mean"],
-    logit_std: c.LogitStd = c.DEFAULTS["logit_std"],
+    branch: Annotated[Optional[str], typer.Option(
+        "--branch", show_default=False,
+        help="Which root of match/target: below (default) the peak of <δ_k>(z) or above it.")
+    ] = None,
+    logit_mean: c.LogitMean = None,
+    logit_std: c.LogitStd = None,
     logits: c.Logits = None,
-    atoms: c.Atoms = c.DEFAULTS["atoms"],
+    atoms: c.Atoms = None,
     from_model: c.FromModel = None,
-    input_shape: c.InputShape = c.DEFAULTS["input_shape"],
+    input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
     json_: c.Json = False,
 ) -> None:
     if criterion not in CRITERIA:
         raise c.UsageError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
-    if branch not in BRANCHES:
+    if branch is not None and branch not in BRANCHES:
         raise c.UsageError(f"--branch must be one of {', '.join(BRANCHES)}, got '{branch}'")
     if target is not None and criterion != "target":
         raise c.UsageError("--target is only used with --criterion target")
+    if reference_classes is not None and criterion != "match":
+        raise c.UsageError("--reference-classes is only used with --criterion match")
+    if branch is not None and criterion == "peak":
+        raise c.UsageError("--branch is only used with --criterion match or target "
+                           "(peak has one answer)")
+    reference_classes = 10 if reference_classes is None else reference_classes
+    branch = branch or "below"
     spec, params = c.make_loss(loss, preset, set_)
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
@@ -75,7 +84,7 @@ def epsilon(
             "epsilon": r.epsilon, "error": r.error,
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "peak_z": r.peak_z, "peak_delta": r.peak_delta, "other_root": r.other_root,
-            "method": r.method,
+            "method": r.method, "note": r.note or None,
             "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
         })
         return
@@ -98,4 +107,6 @@ def epsilon(
         rows.append(("peak", f"<δ_k> = {c.fmt(r.peak_delta)} at z = μ + {r.peak_z - dist.mean:.4f}"))
     if r.other_root is not None:
         rows.append(("other root", f"ε = {r.other_root:.6f} ({'above' if r.branch == 'below' else 'below'} the peak)"))
+    if r.note:
+        rows.append(("note", r.note))
     c.print_rows(f"logit bias ε for {spec.name} at K = {r.classes}", rows)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from ..losses import parse_assignments
 from . import common as c
 from .transfer import At, KFrom, KTo, run_transfer
 
@@ -29,25 +30,29 @@ def q(
     k_from: KFrom,
     k_to: KTo,
     loss: c.Loss = "gce",
-    q_from: Annotated[float, typer.Option(
-        "--q-from", help="q at --from classes (> 0; default GCE's literature value).",
-        rich_help_panel=c.LOSS_PANEL)] = 0.7,
+    q_from: Annotated[Optional[float], typer.Option(
+        "--q-from", show_default=False, rich_help_panel=c.LOSS_PANEL,
+        help="q at --from classes (> 0; default: the q of --preset or --set q=..., else the "
+             "loss's default, 0.7 for GCE).")] = None,
     preset: c.Preset = None,
     set_: c.Set = None,
     at: At = None,
-    logit_mean: c.LogitMean = c.DEFAULTS["logit_mean"],
-    logit_std: c.LogitStd = c.DEFAULTS["logit_std"],
+    logit_mean: c.LogitMean = None,
+    logit_std: c.LogitStd = None,
     logits: c.Logits = None,
-    atoms: c.Atoms = c.DEFAULTS["atoms"],
+    atoms: c.Atoms = None,
     from_model: c.FromModel = None,
-    input_shape: c.InputShape = c.DEFAULTS["input_shape"],
+    input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
     json_: c.Json = False,
 ) -> None:
-    if not q_from > 0:
-        raise c.UsageError(f"--q-from must be > 0, got {q_from:g}")
+    if q_from is not None:
+        if not q_from > 0:
+            raise c.UsageError(f"--q-from must be > 0, got {q_from:g}")
+        if "q" in parse_assignments(set_):
+            raise c.UsageError("give q at --from once: --q-from or --set q=..., not both")
     run_transfer("q", loss=loss, preset=preset, set_=set_, param="q", k_from=k_from, k_to=k_to,
                  at=at, logit_mean=logit_mean, logit_std=logit_std, logits=logits, atoms=atoms,
                  from_model=from_model, input_shape=input_shape, samples=samples, seed=seed,
-                 json_=json_, extra_params={"q": q_from})
+                 json_=json_, extra_params=None if q_from is None else {"q": q_from})

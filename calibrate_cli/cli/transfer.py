@@ -61,7 +61,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
             "params_from": params, "params_to": {**params, r.param: r.value},
             "criterion": "match", "at": r.at, "distribution": d, "target": r.target,
             "delta_before": r.delta_before, "delta_after": r.delta_after,
-            "other_roots": r.other_roots, "method": r.method,
+            "other_roots": r.other_roots, "method": r.method, "note": r.note or None,
             "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
         })
         c.emit_json(command, payload)
@@ -79,6 +79,8 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
     ]
     if r.other_roots:
         rows.append(("other roots", ", ".join(f"{x:.6g}" for x in r.other_roots)))
+    if r.note:
+        rows.append(("note", r.note))
     c.print_rows(f"{spec.name}: {r.param} from K = {r.k_from} to K = {r.k_to}", rows)
     return r
 
@@ -93,12 +95,12 @@ def transfer(
     preset: c.Preset = None,
     set_: c.Set = None,
     at: At = None,
-    logit_mean: c.LogitMean = c.DEFAULTS["logit_mean"],
-    logit_std: c.LogitStd = c.DEFAULTS["logit_std"],
+    logit_mean: c.LogitMean = None,
+    logit_std: c.LogitStd = None,
     logits: c.Logits = None,
-    atoms: c.Atoms = c.DEFAULTS["atoms"],
+    atoms: c.Atoms = None,
     from_model: c.FromModel = None,
-    input_shape: c.InputShape = c.DEFAULTS["input_shape"],
+    input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
     json_: c.Json = False,

@@ -136,7 +136,7 @@ def _load(ref: str) -> Callable:
     if inspect.isclass(obj):
         try:
             obj = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UsageError(
                 f"'{ref}' is a class that could not be created without arguments"
                 f" ({_describe(exc)}); name a function or a module-level instance"
@@ -163,13 +163,30 @@ class _UserLoss:
         self.fn = fn
         self.modes: dict[int, _Mode] = {}
 
+    def _guard(self, thunk: Callable, what: str):
+        """Run user code (the loss, or autograd through it): whatever it raises becomes one
+        UsageError. That includes SystemExit (``sys.exit(0)`` in the loss must not end
+        ``calibrate`` silently with exit code 0) and other BaseExceptions; only
+        KeyboardInterrupt (a real Ctrl-C) passes through."""
+        try:
+            return thunk()
+        except KeyboardInterrupt:
+            raise
+        except SystemExit as exc:
+            raise UsageError(f"user loss '{self.ref}' called sys.exit({exc.code!r}) on {what};"
+                             " a loss must return its values, not end the program") from None
+        except BaseException as exc:
+            raise UsageError(f"user loss '{self.ref}' raised {_describe(exc)} on {what}") from None
+
+    def _grad(self, out, z, what: str, **kw):
+        import torch
+
+        return self._guard(lambda: torch.autograd.grad(out.sum(), z, **kw), what)
+
     def _call(self, logits, target, what: str):
         import torch
 
-        try:
-            out = self.fn(logits, target)
-        except Exception as exc:
-            raise UsageError(f"user loss '{self.ref}' raised {_describe(exc)} on {what}") from None
+        out = self._guard(lambda: self.fn(logits, target), what)
         if not isinstance(out, torch.Tensor):
             raise UsageError(
                 f"user loss '{self.ref}' returned {type(out).__name__} on {what};"
@@ -203,7 +220,7 @@ class _UserLoss:
                 f"user loss '{self.ref}' is not differentiable in the logits on {what}"
                 " (compute it with torch operations on the logits, without .detach(), .item() or numpy)"
             )
-        (grad,) = torch.autograd.grad(out.sum(), z, allow_unused=True)
+        (grad,) = self._grad(out, z, what, allow_unused=True)
         if grad is None or not bool(torch.isfinite(grad).all()):
             raise UsageError(
                 f"user loss '{self.ref}' has {'no' if grad is None else 'a non-finite'}"
@@ -220,7 +237,7 @@ class _UserLoss:
                     f"user loss '{self.ref}' returned shape {tuple(v.shape)} for a batch of one on"
                     f" {what}; expected one value"
                 )
-            (gi,) = torch.autograd.grad(v.sum(), zi, allow_unused=True)
+            (gi,) = self._grad(v, zi, what, allow_unused=True)
             singles.append(float(v.detach().sum()))
             grads.append(torch.zeros_like(zi) if gi is None else gi.detach())
         singles_t = torch.tensor(singles, dtype=torch.float64)
@@ -272,6 +289,7 @@ class _UserLoss:
         n, K = logits.shape
         mode = self.mode(K)
         out = np.empty(n)
+        bad_loss = np.zeros(n, dtype=bool)  # NaN/inf losses (a scalar loss: its whole batch)
         rows = max(1, CHUNK_ELEMENTS // K)
         for start in range(0, n, rows):
             block = logits[start : start + rows]
@@ -285,7 +303,9 @@ class _UserLoss:
                         f"user loss '{self.ref}' returned shape {tuple(v.shape)} on {what};"
                         f" expected ({z.shape[0]},)"
                     )
-                (grad,) = torch.autograd.grad(v.sum(), z)
+                finite = torch.isfinite(v.detach()).reshape(-1).numpy()
+                bad_loss[start : start + rows] = ~finite if finite.size == len(block) else ~finite.all()
+                (grad,) = self._grad(v, z, what)
             scale = z.shape[0] if mode.reduction == "mean" else 1
             out[start : start + rows] = grad[:, 0].to(torch.float64).numpy() * scale
         bad = ~np.isfinite(out)
@@ -295,6 +315,13 @@ class _UserLoss:
                 f"user loss '{self.ref}' has a non-finite gradient at {int(bad.sum())} of {n} logit"
                 f" vectors (e.g. correct-class logit {row[0]:.3g}, others up to {row[1:].max():.3g});"
                 " compute it from log_softmax to stay finite"
+            )
+        if bad_loss.any():  # finite gradients of a NaN loss (torch.where) would average silently
+            row = logits[np.argmax(bad_loss)]
+            raise UsageError(
+                f"user loss '{self.ref}' returned a non-finite loss at {int(bad_loss.sum())} of {n} logit"
+                f" vectors (e.g. correct-class logit {row[0]:.3g}, others up to {row[1:].max():.3g});"
+                " <δ_k> would be wrong, so it is not computed"
             )
         return out
 
