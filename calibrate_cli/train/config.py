@@ -182,6 +182,21 @@ def load_config_file(path: str) -> dict:
     return {_norm_key(k): v for k, v in data.items()}
 
 
+def read_saved_config(path: str) -> dict:
+    """The ``config`` of a run's config.json; a UsageError if the file is not one."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+        config = record.get("config", {}) if isinstance(record, dict) else None
+        if not isinstance(config, dict):
+            raise ValueError("no 'config' mapping")
+        return config
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: '{path}' is not a readable config.json of a calibrate run "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); restore "
+                         "it, or start a new run in another --out") from None
+
+
 def resolve_config(*, file_values: Mapping[str, Any] | None = None,
                    cli_values: Mapping[str, Any] | None = None,
                    base: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -229,10 +244,15 @@ def _as_int(name, v, low=None, allow_none=False):
     if v is None and allow_none:
         return None
     try:
-        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        if isinstance(v, bool):
+            raise ValueError
+        if isinstance(v, str):  # "1e3" in a config file: an integer in float notation
+            t = v.strip().replace("_", "")
+            v = int(t) if t.lstrip("+-").isdigit() else float(t)
+        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
             raise ValueError
         iv = int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(f"{_flag(name)} must be an integer, got {v!r}") from None
     if low is not None and iv < low:
         raise UsageError(f"{_flag(name)} must be >= {low}, got {iv}")

@@ -40,11 +40,14 @@ import re
 from dataclasses import dataclass
 
 from .._version import __version__
-from ..atomic import make_folder, write_atomic
+from ..atomic import check_folder, clean_temporaries, make_folder, write_atomic
 from ..errors import UsageError
+from ..lock import lock_folder
 from .config import TrainConfig, changed_result_fields, resolve_config, slugify
 
 RESULTS_VERSION = 1
+#: The largest grid ``validate`` accepts (losses × noise levels × seeds).
+MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
@@ -117,23 +120,31 @@ def parse_noise_list(text: str) -> list[str]:
     return out
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``0,1,2`` or a range ``0-4``."""
-    seeds: list[int] = []
+def parse_seeds(text: str, limit: int = MAX_RUNS) -> list[int]:
+    """``0,1,2`` or ranges ``0-4`` (first occurrence kept); at most ``limit`` seeds."""
+    seeds: dict[int, None] = {}
     for raw in [t.strip() for t in str(text).split(",") if t.strip()]:
-        m = re.fullmatch(r"(\d+)-(\d+)", raw)
-        try:
-            vals = list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(raw)]
-        except ValueError:
-            raise UsageError(f"--seeds: '{raw}' is not a non-negative integer or range a-b") from None
-        for v in vals:
-            if v < 0:
-                raise UsageError(f"--seeds must be >= 0, got {v}")
-            if v not in seeds:
-                seeds.append(v)
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", raw)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise UsageError(f"--seeds: the range '{raw}' is empty (a-b needs a <= b)")
+        else:
+            try:
+                lo = hi = int(raw)
+            except ValueError:
+                raise UsageError(f"--seeds: '{raw}' is not a non-negative integer or a range "
+                                 "a-b") from None
+            if lo < 0:
+                raise UsageError(f"--seeds must be >= 0, got {lo}")
+        if hi - lo + 1 + len(seeds) > limit:  # checked before the range is expanded
+            raise UsageError(f"--seeds: '{text}' holds more than {limit} seeds; a grid of that "
+                             "size would run for months: split it")
+        for v in range(lo, hi + 1):
+            seeds.setdefault(v, None)
     if not seeds:
         raise UsageError("--seeds: give at least one seed (e.g. 0,1,2)")
-    return seeds
+    return list(seeds)
 
 
 def noise_slug(spec: str) -> str:
@@ -174,21 +185,42 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
              out: str, *, progress: bool = True, command: str | None = None,
              log=print, bundle=None) -> dict:
     """Train every cell not yet complete, then write and return the results."""
-    from .loop import CHECKPOINT, train, write_json
+    from . import threads as T
 
-    make_folder(out, "--out")
+    runs = len(variants) * len(noises) * len(seeds)
+    if runs > MAX_RUNS:
+        raise UsageError(f"the grid has {runs} runs ({len(variants)} losses × {len(noises)} noise "
+                         f"levels × {len(seeds)} seeds), more than {MAX_RUNS}: split it")
     cells = [(v, n, s) for v in variants for n in noises for s in seeds]
     configs = [run_config(base, v, n, s, run_dir(out, v, n, s)) for v, n, s in cells]
     first = configs[0]
+    check_folder(out, "--out")
+    if first.threads is None:  # chosen once, before the grid's own load counts
+        n, why = T.default_threads()
+        log(f"threads: {n} ({why})")
     if bundle is None:
         todo = [c for c in configs if not _complete(c)]
         if todo:
+            from ..progress import slow_step
             from .data import load_dataset
 
-            bundle = load_dataset(first.dataset, first.data_dir, classes=first.classes,
-                                  train_per_class=first.train_samples_per_class,
-                                  test_per_class=first.test_samples_per_class,
-                                  image_size=first.image_size, seed=first.data_seed)
+            with slow_step(f"loading {first.dataset}"):
+                bundle = load_dataset(first.dataset, first.data_dir, classes=first.classes,
+                                      train_per_class=first.train_samples_per_class,
+                                      test_per_class=first.test_samples_per_class,
+                                      image_size=first.image_size, seed=first.data_seed)
+    make_folder(out, "--out")  # every input checked: now the grid's folder is made and locked
+    with lock_folder(out, "--out"):  # one grid writer at a time
+        clean_temporaries(out)
+        return _run_cells(out, base, variants, noises, seeds, cells, configs, bundle,
+                          progress=progress, command=command, log=log)
+
+
+def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, progress,
+               command, log) -> dict:
+    from .loop import CHECKPOINT, train, write_json
+
+    first = configs[0]
     grid = {"dataset": first.dataset, "classes": first.classes, "model": first.model,
             "epochs": first.epochs, "losses": [v.label for v in variants], "noise": noises,
             "seeds": seeds, "train_per_class": first.train_samples_per_class,
@@ -203,7 +235,8 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
             continue
         resume = os.path.isfile(os.path.join(cfg.out, CHECKPOINT))
         log(f"{tag}: {'resuming' if resume else 'training'} in {cfg.out}")
-        train(cfg, resume=resume, bundle=bundle, progress=progress, command=command)
+        train(cfg, resume=resume, bundle=bundle, progress=progress, command=command,
+              resume_hint="run the same 'calibrate validate' command again to continue the grid")
     results = collect_results(out, cells, configs, grid, command)
     write_results(out, results)
     return results
@@ -217,7 +250,7 @@ def _complete(cfg: TrainConfig) -> bool:
     try:
         with open(os.path.join(cfg.out, "config.json"), encoding="utf-8") as fh:
             old = json.load(fh).get("config", {})
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         old = {}
     changed = changed_result_fields(old, cfg)
     if changed:
