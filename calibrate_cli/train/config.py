@@ -4,7 +4,7 @@ Resolution order, later wins:
 
 1. the field defaults of :class:`TrainConfig`;
 2. the dataset's protocol (:data:`PROTOCOLS`, the recipes of the robust-loss
-   literature, peers digest A.4), for the fields the protocol sets;
+   literature: APL, ALFs, ANL, ε-softmax), for the fields the protocol sets;
 3. a ``--config FILE`` (YAML or JSON, keys as the field names, ``-`` or ``_``);
 4. options given on the command line.
 
@@ -96,7 +96,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-#: Dataset protocols (peers digest A.4). CIFAR-10: APL/ALFs/ANL; CIFAR-100:
+#: Dataset protocols (the recipe of APL, Ma et al. 2020; ALFs, Zhou et al. 2021; ANL, Ye et al.
+#: 2023; ε-softmax, 2024). CIFAR-10: APL/ALFs/ANL; CIFAR-100:
 #: ALFs/ANL/ε-softmax (ResNet-34); WebVision-mini: APL/ANL (batch 512 over 4
 #: GPUs). Fashion-MNIST: the MNIST protocol of ALFs with the paper's MLP1024.
 #: glyphs: this tool's choice, sized for a 2-core CPU in minutes (see docs/training.md).
@@ -165,8 +166,9 @@ def load_config_file(path: str) -> dict:
             try:
                 import yaml
             except ImportError:
-                raise UsageError("--config: reading YAML needs pyyaml (pip install pyyaml), "
-                                 "or give a .json file") from None
+                raise UsageError("--config: reading YAML needs the package 'pyyaml', which is "
+                                 "not installed: pip install 'calibrate-cli[train]' (or pip "
+                                 "install pyyaml), or give a .json file") from None
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)

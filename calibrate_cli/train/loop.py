@@ -80,9 +80,10 @@ import torch
 
 from .._version import __version__
 from ..atomic import make_folder, write_atomic
-from ..errors import CalibrateError, RunError, UsageError
+from ..errors import CalibrateError, UsageError
 from .batches import FileData, MemoryData, _augment_kind, global_batches, make_split
 from .config import TrainConfig, changed_result_fields, default_out_dir, read_saved_config
+from .safety import FiniteGuard, RunLock, failure, load_checkpoint, one_line
 
 CHECKPOINT = "checkpoint.pt"
 #: Columns of metrics.csv, in order (imagenet_* only when --imagenet-val-dir is given).
@@ -352,36 +353,6 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> str:
     return out
 
 
-#: What a checkpoint of :func:`train` holds.
-CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "history", "derived", "noise_hash")
-
-
-def load_checkpoint(path: str, model: torch.nn.Module, device, noise_hash: str) -> dict:
-    """Read a run's checkpoint for ``--resume`` into ``model`` and return it; every way it can
-    be unusable (empty, truncated, not a checkpoint, another model, other labels) is a
-    one-line UsageError."""
-    def bad(why: str) -> UsageError:
-        return UsageError(f"--resume: the checkpoint '{path}' {why}; restore it, or start a new "
-                          "run in another --out")
-
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # EOFError (empty), RuntimeError (truncated zip), pickle errors...
-        raise bad(f"cannot be read ({type(exc).__name__}: "
-                  f"{' '.join(str(exc).split())[:120] or 'empty file'})") from None
-    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
-        raise bad("is not a checkpoint of calibrate train")
-    if state.get("noise_hash") != noise_hash:
-        raise UsageError(f"--resume: the noisy labels differ from the saved run "
-                         f"(hash {noise_hash} vs {state.get('noise_hash')})")
-    try:
-        model.load_state_dict(state["model"])
-    except Exception as exc:  # missing keys or other shapes: another model
-        first = " ".join(str(exc).split())[:160]
-        raise bad(f"holds the weights of another model ({first})") from None
-    return state
-
-
 def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool = True,
           command: str | None = None, log_stream=None, resume_hint: str | None = None,
           ) -> TrainResult:
@@ -394,39 +365,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
     unwrapped. ``resume_hint``: what an interrupted run tells the user to do next.
 
     Every input is checked before anything is written; the run folder is then locked
-    (:mod:`calibrate_cli.lock`) until the run ends, so a second process is refused.
+    (:mod:`calibrate_cli.lock`) until the run ends, so a second process is refused. torch
+    runs with ``cfg.threads`` threads, or :func:`~calibrate_cli.train.threads.default_threads`;
+    the caller's setting is restored at the end.
     """
-    lock = _RunLock()
+    lock = RunLock()
+    threads = torch.get_num_threads()  # the run sets its own; the caller's is restored
     try:
         return _train(cfg, resume=resume, bundle=bundle, progress=progress, command=command,
                       log_stream=log_stream, resume_hint=resume_hint, lock=lock)
     finally:
         lock.release()
-
-
-class _RunLock:
-    """The run folder's lock, taken by :func:`_train` once the folder exists."""
-
-    def __init__(self):
-        self.lock = None
-
-    def take(self, out: str, cfg: TrainConfig, resume: bool) -> None:
-        from ..atomic import clean_temporaries
-        from ..lock import lock_folder
-
-        if self.lock is None:
-            self.lock = lock_folder(out, "--out")
-            prepare_out_dir(cfg, resume)  # again, now that no other process can write there
-            clean_temporaries(out)  # left by a process killed while writing
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        torch.set_num_threads(threads)
 
 
 def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: str | None,
-           log_stream, resume_hint: str | None, lock: _RunLock) -> TrainResult:
+           log_stream, resume_hint: str | None, lock: RunLock) -> TrainResult:
     from ..atomic import check_folder
     from ..losses import get_loss, resolve_params
     from ..progress import slow_step
@@ -465,7 +419,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
     if dist.main:
         check_folder(out, "--out")  # fail now, not after loading the data; create nothing yet
         if os.path.isdir(out):  # an existing folder: lock it before reading what it holds
-            lock.take(out, cfg, resume)
+            lock.take(out, lambda: prepare_out_dir(cfg, resume))
     threads, why = T.resolve(cfg.threads)
     torch.set_num_threads(threads)
     log(f"threads: {threads} ({why})")
@@ -535,7 +489,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
             derived = box[0]
     if dist.main:  # every input checked: now the run folder is made, locked and written
         make_folder(out, "--out")
-        lock.take(out, cfg, resume)
+        lock.take(out, lambda: prepare_out_dir(cfg, resume))
         save_noisy_labels(os.path.join(out, "noisy_labels.npz"), noise)
     epsilon = float(derived["epsilon"])
     loss_fn = biased_loss(spec.torch_loss(derived["params"]), epsilon)
@@ -585,7 +539,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
     status = "running"
     saved = len(history)
     bar = _Progress(progress and dist.main, log)
-    guard = _FiniteGuard(device, dist)
+    guard = FiniteGuard(device, dist.enabled)
     error = None
     try:
         with bar:
@@ -676,7 +630,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
             + (resume_hint or f"continue with --resume --out {out}"))
     except BaseException as exc:  # diverged, user code, a bad file, a full disk: saved epochs stay
         del history[saved:]
-        status, error = _failure(exc, saved, out)
+        status, error = failure(exc, saved, out)
         if error is not exc:
             raise error from None
         raise
@@ -684,7 +638,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
         if dist.main:
             try:
                 _write_metrics(out, history, config_record, status, extra_eval,
-                               error=None if error is None else _one_line(error))
+                               error=None if error is None else one_line(error))
             except CalibrateError:
                 if status == "complete":
                     raise
@@ -700,71 +654,6 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
             f"{100 * best['test_top1']:.2f}% best (epoch {best['epoch']}); results in {out}")
     return TrainResult(out_dir=out, status=status, history=history, derived=derived,
                        noise=noise.to_dict())
-
-
-class _NonFinite(RunError):
-    """The training loss (or the weights) stopped being finite."""
-
-
-class _FiniteGuard:
-    """Stops training at the first non-finite loss, before the optimiser steps on it.
-
-    One process on the CPU: every step (a free check). One process on an accelerator: a flag
-    kept on the device, read every 20 steps (a read waits for the device). Several processes:
-    at the end of the epoch, on the loss summed over all of them, so that every process stops
-    at the same point. Before each checkpoint the weights are checked too, so a checkpoint
-    never holds non-finite weights.
-    """
-
-    def __init__(self, device: torch.device, dist: Dist):
-        self.every = 1 if device.type == "cpu" else 20
-        self.per_step = not dist.enabled
-        self.flag = None
-
-    def check(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        if not self.per_step:
-            return
-        if self.every == 1:
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise _NonFinite(f"the loss is {value} at step {step + 1} of epoch {epoch + 1}")
-            return
-        bad = ~torch.isfinite(loss.detach())
-        self.flag = bad if self.flag is None else self.flag | bad
-        if (step + 1) % self.every == 0 and bool(self.flag):
-            raise _NonFinite(f"the loss is not finite at a step up to {step + 1} of epoch "
-                             f"{epoch + 1}")
-
-    def epoch_end(self, mean_loss: float, epoch: int, model: torch.nn.Module) -> None:
-        if self.flag is not None and bool(self.flag):
-            raise _NonFinite(f"the loss is not finite at a step of epoch {epoch + 1}")
-        self.flag = None
-        if not math.isfinite(mean_loss):
-            raise _NonFinite(f"the mean training loss of epoch {epoch + 1} is {mean_loss}")
-        with torch.no_grad():
-            finite = [p.isfinite().all() for p in model.parameters()]
-            if finite and not bool(torch.stack(finite).all()):
-                raise _NonFinite(f"the weights are not finite after epoch {epoch + 1}")
-
-
-def _failure(exc: BaseException, saved: int, out: str) -> tuple[str, BaseException]:
-    """The status of a run that ended with ``exc``, and the error to raise (``exc`` itself
-    when it already says what happened)."""
-    kept = (f"the checkpoint of epoch {saved} is kept in '{out}'" if saved
-            else "no epoch was completed")
-    if isinstance(exc, _NonFinite):
-        return "diverged", RunError(f"training diverged: {exc}; stopped, {kept} (try a lower "
-                                    "--lr, or check the loss)")
-    if isinstance(exc, SystemExit):
-        return "failed", UsageError(
-            f"user code called sys.exit({exc.code!r}) during training (a loss must return its "
-            f"value, not end the process); the run was stopped, {kept}")
-    return "failed", exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, CalibrateError) else f"{type(exc).__name__}: {text}"
 
 
 @contextlib.contextmanager

@@ -196,8 +196,7 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
     first = configs[0]
     check_folder(out, "--out")
     if first.threads is None:  # chosen once, before the grid's own load counts
-        n, why = T.default_threads()
-        log(f"threads: {n} ({why})")
+        T.default_threads()
     if bundle is None:
         todo = [c for c in configs if not _complete(c)]
         if todo:
@@ -212,6 +211,9 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
     make_folder(out, "--out")  # every input checked: now the grid's folder is made and locked
     with lock_folder(out, "--out"):  # one grid writer at a time
         clean_temporaries(out)
+        if first.threads is None:
+            n, why = T.default_threads()
+            log(f"threads: {n} ({why})")
         return _run_cells(out, base, variants, noises, seeds, cells, configs, bundle,
                           progress=progress, command=command, log=log)
 
