@@ -3,17 +3,25 @@
 The data go to a temporary file in the destination's folder, which is then renamed over
 the destination (``os.replace`` is atomic on POSIX and Windows). A crash, a full disk or
 Ctrl-C therefore leaves either the old file or the new one, never a half-written file.
+A full disk (or quota, or read-only file system) is a :class:`~calibrate_cli.errors.StorageError`
+saying so. Only ``kill -9`` (or a power cut) in the middle of a write can leave the temporary
+file, ``.tmp-*``, behind: :func:`clean_temporaries` removes them from a folder whose lock
+(:mod:`calibrate_cli.lock`) the caller holds.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import BinaryIO, Callable, Union
 
-from .errors import UsageError
+from .errors import StorageError, UsageError
 
 Payload = Union[bytes, str, Callable[[BinaryIO], None]]
+#: Prefix of the temporary files of :func:`write_atomic`.
+TMP_PREFIX = ".tmp-"
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EFBIG}
 
 
 def _umask() -> int:
@@ -22,9 +30,14 @@ def _umask() -> int:
     return mask
 
 
-def make_folder(path: str | os.PathLike, option: str) -> str:
+def make_folder(path: str | os.PathLike, option: str, *, lock: bool = False) -> str:
     """Create folder ``path`` (and its parents) if needed and check that it can be written;
-    a :class:`UsageError` naming ``option`` otherwise. Returns the path."""
+    a :class:`UsageError` naming ``option`` otherwise. Returns the path.
+
+    ``lock``: also lock the folder until the running command ends
+    (:func:`calibrate_cli.lock.hold_folder`): a second process is refused, and temporaries
+    that a killed writer left there are removed.
+    """
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{option} '{path}' exists and is not a folder")
@@ -34,7 +47,61 @@ def make_folder(path: str | os.PathLike, option: str) -> str:
         raise UsageError(f"{option} '{path}' cannot be created: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"{option} '{path}' is not writable")
+    if lock:
+        from .lock import hold_folder
+
+        hold_folder(path, option)
+        clean_temporaries(path)
     return path
+
+
+def check_folder(path: str | os.PathLike, option: str) -> str:
+    """What :func:`make_folder` checks, without creating anything: ``path`` is a writable
+    folder, or could be created (its nearest existing ancestor is a writable folder)."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UsageError(f"{option} '{path}' exists and is not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} '{path}' is not writable")
+        return path
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} '{path}' cannot be created: '{parent}' is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} '{path}' cannot be created: '{parent}' is not writable")
+    return path
+
+
+def clean_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporaries :func:`write_atomic` left in ``folder`` when its process was
+    killed mid-write; call it only while holding the folder's lock. Returns their names."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        p = os.path.join(folder, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(p) and not os.path.islink(p):
+            try:
+                os.unlink(p)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def _storage_error(path: str, exc: OSError) -> StorageError | None:
+    if exc.errno not in _FULL:
+        return None
+    what = {errno.EROFS: "the file system is read-only",
+            errno.EFBIG: "the file is too large for the file system"}.get(
+        exc.errno, "the disk is full (or the quota is used up)")
+    return StorageError(f"cannot write '{path}': {what}; free some space and run the command "
+                        "again (files already written are intact)")
 
 
 def write_atomic(path: str | os.PathLike, data: Payload, *, make_dirs: bool = True) -> None:
@@ -51,9 +118,11 @@ def write_atomic(path: str | os.PathLike, data: Payload, *, make_dirs: bool = Tr
             os.makedirs(folder, exist_ok=True)
         elif not os.path.isdir(folder):
             raise UsageError(f"cannot write '{path}': folder '{folder}' does not exist")
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX,
+                                   suffix="-" + os.path.basename(path))
     except OSError as exc:
-        raise UsageError(f"cannot write '{path}': {exc.strerror or exc}") from None
+        raise (_storage_error(path, exc)
+               or UsageError(f"cannot write '{path}': {exc.strerror or exc}")) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             if callable(data):
@@ -62,7 +131,11 @@ def write_atomic(path: str | os.PathLike, data: Payload, *, make_dirs: bool = Tr
                 fh.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            full = _storage_error(path, exc)
+            if full is not None:
+                raise full from None
         raise

@@ -1,9 +1,15 @@
 """Errors the command line turns into one line on stderr and an exit code.
 
-Exit codes follow the command-line guidelines the project adopted:
+Exit codes (the README's "Errors and exit codes" lists them for users):
 
-* 2 -- usage: an input is invalid (bad number, unknown loss, unreadable file);
-* 1 -- the inputs are valid but the requested quantity has no solution.
+* 1 -- the inputs are valid but there is no result: the requested quantity has no solution,
+  or training diverged (a non-finite loss);
+* 2 -- usage: an input is invalid (bad number, unknown loss, unreadable file), an optional
+  package is missing, the output folder is in use by another process, or user code (a loss of
+  your own) failed or tried to end the process;
+* 3 -- internal error (a bug; see :mod:`calibrate_cli.cli.app`);
+* 4 -- a file could not be written: the disk is full, over quota or read-only;
+* 130 -- interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -30,3 +36,41 @@ class NoSolutionError(CalibrateError):
     """Valid inputs, but no value in the valid range satisfies the criterion."""
 
     exit_code = 1
+
+
+class RunError(CalibrateError):
+    """Valid inputs, but the run produced no result (training diverged)."""
+
+    exit_code = 1
+
+
+class StorageError(CalibrateError):
+    """A file could not be written: disk full, quota exceeded, read-only file system."""
+
+    exit_code = 4
+
+
+#: Optional packages: import name -> (package to install, extra of calibrate-cli that has it).
+OPTIONAL_PACKAGES = {
+    "torch": ("torch", "train"),
+    "matplotlib": ("matplotlib", "plot"),
+    "PIL": ("pillow", "plot"),
+    "yaml": ("pyyaml", "train"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+}
+#: Commands whose optional packages come with the ``train`` extra.
+_TRAIN_COMMANDS = ("train", "validate", "measure")
+
+
+def missing_package(exc: ImportError, command: str | None = None) -> CalibrateError | None:
+    """The usage error naming what to install for a missing optional package; None when
+    ``exc`` is not about one of :data:`OPTIONAL_PACKAGES`."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if name not in OPTIONAL_PACKAGES:
+        return None
+    package, extra = OPTIONAL_PACKAGES[name]
+    if command in _TRAIN_COMMANDS and extra != "tensorboard":
+        extra = "train"  # the train extra has torch, matplotlib (and pillow) and pyyaml
+    what = f"'calibrate {command}'" if command else "this command"
+    return UsageError(f"{what} needs the package '{package}', which is not installed: "
+                      f"pip install 'calibrate-cli[{extra}]' (or pip install {package})")

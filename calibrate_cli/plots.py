@@ -290,23 +290,27 @@ def accuracy_curves(results: dict, key: str = "test_top1") -> dict:
     ``key``: the per-epoch list of each run (``test_top1``; ``memorised``, which is
     empty without noise: such groups are left out).
     """
-    runs = results.get("runs")
+    runs = results.get("runs") if isinstance(results, dict) else None
     if not isinstance(runs, list):
         raise UsageError("validate results: no 'runs' list (is this a results.json of "
                          "'calibrate validate'?)")
-    groups: dict = {}
-    for r in runs:
-        if r.get("epochs") and r.get(key) and all(v is not None for v in r[key]):
-            groups.setdefault((r["label"], r["noise"]), []).append(r)
-    out = {}
-    for group, rs in groups.items():
-        common = sorted(set.intersection(*[set(r["epochs"]) for r in rs]))
-        if not common:
-            continue
-        acc = np.array([[100.0 * dict(zip(r["epochs"], r[key]))[e] for e in common]
-                        for r in rs])
-        std = acc.std(axis=0, ddof=1) if len(rs) > 1 else np.zeros(len(common))
-        out[group] = (np.array(common), acc.mean(axis=0), std, len(rs))
+    try:
+        groups: dict = {}
+        for r in runs:
+            if r.get("epochs") and r.get(key) and all(v is not None for v in r[key]):
+                groups.setdefault((r["label"], r["noise"]), []).append(r)
+        out = {}
+        for group, rs in groups.items():
+            common = sorted(set.intersection(*[set(r["epochs"]) for r in rs]))
+            if not common:
+                continue
+            acc = np.array([[100.0 * float(dict(zip(r["epochs"], r[key]))[e])
+                             for e in common] for r in rs])
+            std = acc.std(axis=0, ddof=1) if len(rs) > 1 else np.zeros(len(common))
+            out[group] = (np.array(common), acc.mean(axis=0), std, len(rs))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"validate results: a run entry is not as 'calibrate validate' writes "
+                         f"it ({type(exc).__name__}: {exc})") from None
     return out
 
 
@@ -373,6 +377,10 @@ def read_validate(folder: str) -> dict:
                          "first)")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read '{path}': {exc}") from None
+        raise UsageError(f"cannot read '{path}': {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise UsageError(f"'{path}' is not the results.json of 'calibrate validate' (expected an "
+                         f"object with a 'runs' list, found {type(data).__name__})")
+    return data

@@ -6,7 +6,9 @@ commands that need it import it inside the function body.
 
 Errors: a :class:`~calibrate_cli.errors.CalibrateError` raised anywhere under a
 command, or a usage error found by the option parser, becomes one line on
-stderr (``error: ...``) and its exit code; never a traceback.
+stderr (``error: ...``) and its exit code; never a traceback. So do a missing
+optional package (named with the extra to install), a full disk, and user code
+(a loss of your own) that calls ``sys.exit``: it cannot end a command silently.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ except ImportError:  # pragma: no cover - older typer on the system click
     from click import echo as _echo
 
 from .._version import __version__
-from ..errors import CalibrateError
+from ..errors import CalibrateError, missing_package
 
 COMMANDS = (
     "epsilon", "q", "transfer", "curve", "losses",
@@ -48,14 +50,19 @@ class _Group(TyperGroup):
 
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs.pop("standalone_mode", None)
+        command = _requested(list(sys.argv[1:] if args is None else args))
         try:
             rv = super().main(args=args, prog_name=prog_name or "calibrate",
                               standalone_mode=False, **kwargs)
         except CalibrateError as exc:
             _fail(str(exc), exc.exit_code)
-        except click.NoArgsIsHelpError as exc:
+        except _NoArgsIsHelp as exc:  # bare 'calibrate': the help, and success
             _echo(exc.ctx.get_help())
             sys.exit(0)
+        except SystemExit as exc:  # click itself never exits here (standalone_mode=False)
+            _fail(f"user code called sys.exit({exc.code!r}) inside 'calibrate {command or ''}' "
+                  "(a loss must return its value, not end the process); the command was "
+                  "stopped", 2)
         except click.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx is not None else "calibrate"
             _fail(f"{_one_line(exc.format_message())} (see '{cmd} --help')", 2)
@@ -68,9 +75,25 @@ class _Group(TyperGroup):
         except Exception as exc:  # a bug: still one line unless debugging
             if os.environ.get("CALIBRATE_DEBUG"):
                 raise
+            known = None
+            if isinstance(exc, ImportError):
+                known = missing_package(exc, command)
+            elif isinstance(exc, OSError):
+                from ..atomic import _storage_error
+
+                known = _storage_error("a file", exc)
+            if known is not None:
+                _fail(str(known), known.exit_code)
             _fail(f"internal error: {type(exc).__name__}: {exc} "
                   "(set CALIBRATE_DEBUG=1 for a traceback and please report it)", 3)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class _Never(Exception):
+    """Matches nothing (an exception class an older click does not have)."""
+
+
+_NoArgsIsHelp = getattr(click, "NoArgsIsHelpError", _Never)
 
 
 def _fail(message: str, code: int) -> None:

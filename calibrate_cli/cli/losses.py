@@ -42,27 +42,55 @@ def _records() -> list[dict]:
 def losses(
     json_: c.Json = False,
     verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", help="Also the loss formulas, preset sources and notes.")] = False,
+        "--verbose", "-v", help="Also the loss formulas, parameter meanings, preset sources "
+                                "and notes.")] = False,
 ) -> None:
     recs = _records()
     if json_:
         c.emit_json("losses", {"losses": recs})
         return
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
+    import sys
 
-    t = Table(title="Losses (δ_k = ∂L/∂z_k, p = σ_k)", show_lines=True, title_justify="left")
-    for col in ("name", "parameters (default, range)", "presets", "δ_k", "<δ_k>"):
-        t.add_column(col, overflow="fold")
+    # plain lines: wrapped between words at the terminal's width, not wrapped when piped
+    width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else None
+    sys.stdout.write("\n".join(_lines(recs, verbose=verbose, width=width)) + "\n")
+
+
+def _lines(recs: list[dict], *, verbose: bool, width: int | None) -> list[str]:
+    """The text of ``calibrate losses``: a head line per loss, then indented details."""
+    import textwrap
+
+    def wrap(text: str, first: str = "    ", rest: str = "      ") -> list[str]:
+        if width is None:
+            return [first + text]
+        return textwrap.wrap(text, max(width, 40), initial_indent=first, subsequent_indent=rest,
+                             break_long_words=False, break_on_hyphens=False) or [first]
+
+    out = wrap("Losses. δ_k = ∂L/∂z_k with p = σ_k, the softmax of the correct class; <δ_k> is "
+               "averaged exactly (quadrature) or by Monte Carlo, as marked. 'calibrate losses "
+               "-v' adds formulas, sources and notes; --json gives everything.", "", "")
     for r in recs:
-        params = "\n".join(f"{p['name']}={p['default']:g} {p['range']}" for p in r["params"]) or "-"
-        presets = "\n".join(
-            f"{k}: " + ", ".join(f"{n}={v:g}" for n, v in p["values"].items())
-            + (f" [{p['source']}]" if verbose else "")
-            for k, p in r["presets"].items()) or "-"
-        name = r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else "")
-        delta = r["delta"] + (f"\nL = {r['formula']}" if verbose else "")
+        out.append("")
+        aliases = f" (also {', '.join(r['aliases'])})" if r["aliases"] else ""
+        out += wrap(f"{r['name']}  {r['title']}{aliases}  [{r['average']}]", "", "    ")
+        if verbose:
+            out += wrap(f"L = {r['formula']}")
+        out += wrap(f"δ_k = {r['delta']}")
+        for p in r["params"]:
+            doc = f"; {p['doc']}" if verbose and p["doc"] else ""
+            out += wrap(f"{p['name']} = {p['default']:g}, in {p['range']}{doc}")
+        if r["presets"]:
+            items = [f"{k} " + ", ".join(f"{n}={v:g}" for n, v in p["values"].items())
+                     for k, p in r["presets"].items()]
+            if verbose:  # presets from one source together, the source once
+                by_source: dict[str, list[str]] = {}
+                for item, p in zip(items, r["presets"].values()):
+                    by_source.setdefault(p["source"], []).append(item)
+                out += wrap("presets: " + "; ".join(f"{'; '.join(group)} (source: {src})"
+                                                    for src, group in by_source.items()))
+            else:
+                out += wrap(f"presets: {'; '.join(items)}")
         if verbose and r["notes"]:
-            delta += f"\n{r['notes']}"
-        t.add_row(name, params, presets, delta, r["average"])
-    Console(soft_wrap=False).print(t)
+            out += wrap(r["notes"])
+    return out

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..atomic import make_folder
+from ..atomic import check_folder, make_folder
 from ..errors import UsageError
 from . import common as c
+from .params import INT
 
 NAMES = ("delta-mae", "losses", "q-calibration", "epsilon-vs-k", "logit-histogram", "accuracy")
 
@@ -47,10 +48,10 @@ def plot(
                           "shape).")] = "glyphs",
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder.")] = None,
     classes: Annotated[int, typer.Option(
-        "--classes", "-k", help="logit-histogram: K of the measured model.")] = 10,
+        "--classes", "-k", click_type=INT, help="logit-histogram: K of the measured model.")] = 10,
     validate: Annotated[Optional[str], typer.Option(
         "--validate", metavar="DIR", help="accuracy: output folder of 'calibrate validate'.")] = None,
-    dpi: Annotated[int, typer.Option("--dpi", help="Resolution of PNG output.")] = 120,
+    dpi: Annotated[int, typer.Option("--dpi", click_type=INT, help="Resolution of PNG output.")] = 120,
 ) -> None:
     from .. import plots as P
 
@@ -59,12 +60,13 @@ def plot(
     if not 20 <= dpi <= 1200:
         raise UsageError(f"--dpi must be in [20, 1200], got {dpi}")
     if logits and not os.path.isfile(logits):
-        raise UsageError(f"logits file '{logits}' does not exist (expected .npy, .npz or .pt)")
+        raise UsageError(f"logits file '{logits}' does not exist or is not a regular file "
+                         "(expected .npy, .npz or .pt)")
     if name == "all":
         if out is not None:
             raise UsageError("'plot all' writes several files: give --out-dir DIR, not --out")
         folder = out_dir or os.path.join("docs", "figures")
-        make_folder(folder, "--out-dir")
+        check_folder(folder, "--out-dir")
         targets = [(n, os.path.join(folder, f"{n}.png")) for n in NAMES
                    if n != "accuracy" or validate]
     else:
@@ -72,22 +74,55 @@ def plot(
             raise UsageError(f"give --out FILE (.png, .svg or .pdf) for figure '{name}'")
         if out_dir is not None:
             raise UsageError("--out-dir is only for 'plot all'")
+        folder = None
         targets = [(name, out)]
-    for _, path in targets:
-        P.check_output(path)
     if any(n == "accuracy" for n, _ in targets) and not validate:
         raise UsageError("the accuracy figure needs --validate DIR (a 'calibrate validate' output)")
+    if folder is None:
+        for _, path in targets:
+            P.check_output(path)
+    P._plt()  # matplotlib: a missing package is reported before anything is drawn
+    # every input is read and checked before the first figure is drawn, so a bad input
+    # never leaves some of the figures written
+    inputs = {}
+    if any(n == "logit-histogram" for n, _ in targets):
+        inputs["logit-histogram"] = _histogram_input(logits, model=model, dataset=dataset,
+                                                     data_dir=data_dir, classes=classes)
+    if any(n == "accuracy" for n, _ in targets):
+        inputs["accuracy"] = P.read_validate(validate)
+        if not P.accuracy_curves(inputs["accuracy"]):  # checks its contents too
+            raise UsageError(f"--validate '{validate}': no run has any finished epoch yet")
+    if folder is not None:
+        make_folder(folder, "--out-dir", lock=True)  # one writer of a figure set at a time
     from ..logits import Gaussian
 
     dist = Gaussian(0.0, logit_std)
     for n, path in targets:
-        fig = _figure(P, n, dist, logits=logits, model=model, dataset=dataset,
-                      data_dir=data_dir, classes=classes, validate=validate)
+        fig = _figure(P, n, dist, inputs.get(n))
         P.save_figure(fig, path, dpi=dpi)
         c.say(f"wrote {path}")
 
 
-def _figure(P, name, dist, *, logits, model, dataset, data_dir, classes, validate):
+def _histogram_input(logits, *, model, dataset, data_dir, classes):
+    """(array [N, K] of logits, title) for the logit-histogram figure."""
+    if logits:
+        from ..logits import load_logits, read_logits_array
+
+        emp = load_logits(logits)  # checks shape and values
+        arr = read_logits_array(logits)
+        return (arr if arr.ndim == 2 else emp.values[None, :],
+                f"logits from {os.path.basename(logits)}")
+    from ..measure import measure_logits
+    from ..progress import slow_step
+
+    with slow_step(f"measuring {model} at initialisation"):
+        m = measure_logits(model, classes, dataset=dataset, data_dir=data_dir, batches=2)
+    inputs = (f"real {dataset} images" if m.stats["inputs"].startswith("real")
+              else "Gaussian inputs")
+    return m.logits, f"{model} at initialisation, K = {classes}, {inputs}"
+
+
+def _figure(P, name, dist, data):
     if name == "delta-mae":
         return P.figure_delta_mae(dist)
     if name == "losses":
@@ -97,18 +132,6 @@ def _figure(P, name, dist, *, logits, model, dataset, data_dir, classes, validat
     if name == "epsilon-vs-k":
         return P.figure_epsilon_vs_k(dist)
     if name == "logit-histogram":
-        if logits:
-            from ..logits import load_logits, read_logits_array
-
-            emp = load_logits(logits)  # checks shape and values
-            arr = read_logits_array(logits)
-            return P.figure_logit_histogram(arr if arr.ndim == 2 else emp.values[None, :],
-                                            title=f"logits from {os.path.basename(logits)}")
-        from ..measure import measure_logits
-
-        m = measure_logits(model, classes, dataset=dataset, data_dir=data_dir, batches=2)
-        inputs = (f"real {dataset} images" if m.stats["inputs"].startswith("real")
-                  else "Gaussian inputs")
-        return P.figure_logit_histogram(
-            m.logits, title=f"{model} at initialisation, K = {classes}, {inputs}")
-    return P.figure_accuracy(P.read_validate(validate))
+        arr, title = data
+        return P.figure_logit_histogram(arr, title=title)
+    return P.figure_accuracy(data)

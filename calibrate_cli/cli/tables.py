@@ -44,7 +44,7 @@ def tables(
         raise UsageError(f"--only must be one of {', '.join(T.TABLE_NAMES)}, got '{bad[0]}'")
     if not 1 <= jobs <= (os.cpu_count() or 1) * 4:
         raise UsageError(f"--jobs must be in [1, {(os.cpu_count() or 1) * 4}], got {jobs}")
-    make_folder(out_dir, "--out-dir")
+    make_folder(out_dir, "--out-dir", lock=True)
 
     done = {"n": 0}
 

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .params import INT
+
 GRID, DATA, OPT, RUN = "Grid", "Data", "Training (every run)", "Run"
 
 HELP = """Train a grid of losses × noise levels × seeds and tabulate test accuracy (mean ± std over seeds, last and best epoch).
@@ -20,6 +22,8 @@ NAME*peak solves ε with the peak criterion and NAME*above takes the match root 
 --sweep QUANTITY=V1,V2,... trains the one loss of --losses over a list of values of ε (eps=0,2,4,match,peak,above: numbers are fixed biases, the words are computed per run) or of a loss parameter (q=0.3,0.5,calibrated), and reports where the computed values land against the best fixed value.
 
 Runs go to OUT/runs/<loss>/<noise>/seed-<s>/, seed by seed; completed runs are skipped and interrupted ones resumed, so the same command continues a grid. --jobs N trains N runs at once in separate processes (same results as --jobs 1 at the same --threads). Results: OUT/results.md, results.csv, results.json and accuracy.png; a sweep writes OUT/sweep-<loss>-<quantity>.md, .csv, .json and .png.
+
+Output: the results table (or with --json the summary) goes to stdout; the progress of the runs goes to stderr, plain, one line per run and per epoch.
 
 [bold]Examples[/]
 
@@ -42,38 +46,39 @@ def _opt(*names, panel, help, **kw):
 def validate(
     losses: Annotated[str, _opt("--losses", panel=GRID, help="Comma-separated losses and variants (NAME, NAME*, NAME@calibrated, NAME@P=V).")] = "ce,mae,mae*,gce,gce@calibrated",
     noise: Annotated[str, _opt("--noise", panel=GRID, help="Comma-separated noise levels (rates mean symmetric noise).")] = "0,0.4",
-    seeds: Annotated[str, _opt("--seeds", panel=GRID, help="Comma-separated seeds or a range a-b.")] = "0,1,2",
+    seeds: Annotated[str, _opt("--seeds", panel=GRID, help="Comma-separated seeds or ranges a-b (a <= b).")] = "0,1,2",
     sweep: Annotated[Optional[str], _opt("--sweep", panel=GRID, metavar="Q=V1,V2,...", help="Sweep ε (eps=0,2,match,peak,above) or a parameter of the one loss in --losses (q=0.3,0.5,calibrated).")] = None,
-    jobs: Annotated[int, _opt("--jobs", "-j", panel=RUN, min=1, help="Runs trained at once, each in its own process.")] = 1,
+    jobs: Annotated[int, _opt("--jobs", "-j", panel=RUN, min=1, click_type=INT, help="Runs trained at once, each in its own process (threads: the physical cores divided among them).")] = 1,
     out: Annotated[str, _opt("--out", "-o", panel=RUN, help="Folder of the grid (runs and results).")] = "runs/validate",
     dataset: Annotated[Optional[str], _opt("--dataset", panel=DATA, help="Dataset (see 'calibrate train --help').")] = None,
     data_dir: Annotated[Optional[str], _opt("--data-dir", panel=DATA, help="Folder with the dataset's files.")] = None,
-    classes: Annotated[Optional[int], _opt("--classes", panel=DATA, help="Keep the first K classes (glyphs: draw K characters).")] = None,
-    train_per_class: Annotated[Optional[int], _opt("--train-per-class", "--train-samples-per-class", panel=DATA, help="At most this many training images per class.")] = None,
-    test_per_class: Annotated[Optional[int], _opt("--test-per-class", "--test-samples-per-class", panel=DATA, help="At most this many test images per class.")] = None,
-    image_size: Annotated[Optional[int], _opt("--image-size", panel=DATA, help="Image side.")] = None,
-    data_seed: Annotated[Optional[int], _opt("--data-seed", panel=DATA, help="Seed of the glyph draws and subsets.")] = None,
+    classes: Annotated[Optional[int], _opt("--classes", panel=DATA, help="Keep the first K classes (glyphs: draw K characters).", click_type=INT)] = None,
+    train_per_class: Annotated[Optional[int], _opt("--train-per-class", "--train-samples-per-class", panel=DATA, help="At most this many training images per class.", click_type=INT)] = None,
+    test_per_class: Annotated[Optional[int], _opt("--test-per-class", "--test-samples-per-class", panel=DATA, help="At most this many test images per class.", click_type=INT)] = None,
+    image_size: Annotated[Optional[int], _opt("--image-size", panel=DATA, help="Image side.", click_type=INT)] = None,
+    data_seed: Annotated[Optional[int], _opt("--data-seed", panel=DATA, help="Seed of the glyph draws and subsets.", click_type=INT)] = None,
     model: Annotated[Optional[str], _opt("--model", panel=OPT, help="Model (see 'calibrate train --help').")] = None,
     preset: Annotated[Optional[str], _opt("--preset", panel=OPT, help="Literature parameters, for the losses that have this preset.")] = None,
     set_: Annotated[Optional[list[str]], _opt("--set", panel=OPT, metavar="NAME=VALUE", help="A loss parameter, for the losses that have it (repeatable).")] = None,
-    epochs: Annotated[Optional[int], _opt("--epochs", panel=OPT, help="Epochs of every run.")] = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", panel=OPT, help="Global batch size.")] = None,
+    epochs: Annotated[Optional[int], _opt("--epochs", panel=OPT, help="Epochs of every run.", click_type=INT)] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", panel=OPT, help="Global batch size.", click_type=INT)] = None,
     optimizer: Annotated[Optional[str], _opt("--optimizer", panel=OPT, help="sgd, adam or adamw.")] = None,
     lr: Annotated[Optional[float], _opt("--lr", panel=OPT, help="Peak learning rate.")] = None,
     weight_decay: Annotated[Optional[float], _opt("--weight-decay", panel=OPT, help="Weight decay.")] = None,
     schedule: Annotated[Optional[str], _opt("--schedule", panel=OPT, help="cosine, step or constant.")] = None,
     device: Annotated[Optional[str], _opt("--device", panel=RUN, help="auto, cuda, mps or cpu.")] = None,
     precision: Annotated[Optional[str], _opt("--precision", panel=RUN, help="auto, fp32, bf16, fp16.")] = None,
-    threads: Annotated[Optional[int], _opt("--threads", panel=RUN, help="CPU threads of torch.")] = None,
+    threads: Annotated[Optional[int], _opt("--threads", panel=RUN, help="CPU threads of torch (default: the free physical cores, chosen once for the grid).", click_type=INT)] = None,
     config: Annotated[Optional[str], _opt("--config", panel=RUN, metavar="FILE", help="Settings of every run from a YAML or JSON file; options given here win.")] = None,
     quiet: Annotated[bool, _opt("--quiet", "-q", panel=RUN, help="No progress bars.")] = False,
     json_: Annotated[bool, _opt("--json", panel=RUN, help="Print results.json's summary as one JSON object on stdout.")] = False,
 ) -> None:
-    from rich.console import Console
-
     from ..losses import parse_assignments
+    from ..train import threads as T
     from ..train.config import load_config_file
     from ..train.validate import markdown_table, parse_losses, parse_noise_list, parse_seeds, run_grid
+
+    T.before_torch()
 
     sweep_spec = None
     if sweep is not None:
@@ -95,9 +100,10 @@ def validate(
         base["loss_params"] = {**(base.get("loss_params") or {}), **parse_assignments(set_)}
     for k in ("loss", "logit_bias", "calibrate", "calibrate_from", "noise", "seed", "out"):
         base.pop(k, None)  # set per run by the grid
-    console = Console(stderr=True)
     command = "calibrate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    log = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
     if sweep_spec is not None:
         from ..train.sweep import run_sweep, sweep_markdown
 

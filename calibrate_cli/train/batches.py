@@ -8,12 +8,15 @@ an uninterrupted one would.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import CalibrateError
 from .config import TrainConfig
 
 if TYPE_CHECKING:
@@ -154,13 +157,30 @@ class FileData:
         shares = [(g.tensor_split(dist.world)[dist.rank] if dist.enabled else g).tolist()
                   for g in idx_list]
         sizes = [int(g.numel()) for g in idx_list]
-        loader = torch.utils.data.DataLoader(
-            self.ds, batch_sampler=shares, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        with warnings.catch_warnings():  # --workers above the CPU count is the user's choice
+            warnings.filterwarnings("ignore", message=".*worker processes? in total.*")
+            loader = torch.utils.data.DataLoader(
+                self.ds, batch_sampler=shares, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=False)
+            batches = iter(loader)
         nb = self.device.type == "cuda"
-        for (x, y, c), n_global in zip(loader, sizes):
-            x = x.to(self.device, non_blocking=nb).float().sub_(self.mean).div_(self.std)
-            yield x, y.to(self.device, non_blocking=nb), c.to(self.device, non_blocking=nb), n_global
+        try:
+            for (x, y, c), n_global in zip(batches, sizes):
+                x = x.to(self.device, non_blocking=nb).float().sub_(self.mean).div_(self.std)
+                yield x, y.to(self.device, non_blocking=nb), c.to(self.device, non_blocking=nb), n_global
+        except CalibrateError as exc:  # from a worker: torch prepends the worker's traceback
+            raise type(exc)(worker_message(str(exc))) from None
+
+
+def worker_message(text: str) -> str:
+    """The original one-line message of an error a DataLoader worker raised: torch re-raises it
+    in the main process with "Caught ... in DataLoader worker process N. Original Traceback
+    ..." in front; the message is the last line, after the exception's class name."""
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    if not lines or "DataLoader worker" not in lines[0]:
+        return str(text)
+    m = re.match(r"^\s*[\w.]+: (.*)$", lines[-1])
+    return m.group(1) if m else lines[-1].strip()
 
 
 def make_split(split, noisy, clean, bundle, device, *, train: bool, seed: int, workers: int):

@@ -4,7 +4,7 @@ Resolution order, later wins:
 
 1. the field defaults of :class:`TrainConfig`;
 2. the dataset's protocol (:data:`PROTOCOLS`, the recipes of the robust-loss
-   literature, peers digest A.4), for the fields the protocol sets;
+   literature: APL, ALFs, ANL, ε-softmax), for the fields the protocol sets;
 3. a ``--config FILE`` (YAML or JSON, keys as the field names, ``-`` or ``_``);
 4. options given on the command line.
 
@@ -97,7 +97,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-#: Dataset protocols (peers digest A.4). CIFAR-10: APL/ALFs/ANL; CIFAR-100:
+#: Dataset protocols (the recipe of APL, Ma et al. 2020; ALFs, Zhou et al. 2021; ANL, Ye et al.
+#: 2023; ε-softmax, 2024). CIFAR-10: APL/ALFs/ANL; CIFAR-100:
 #: ALFs/ANL/ε-softmax (ResNet-34); WebVision-mini: APL/ANL (batch 512 over 4
 #: GPUs). Fashion-MNIST: the MNIST protocol of ALFs with the paper's MLP1024.
 #: glyphs: this tool's choice, sized for a 2-core CPU in minutes (see docs/training.md).
@@ -166,8 +167,9 @@ def load_config_file(path: str) -> dict:
             try:
                 import yaml
             except ImportError:
-                raise UsageError("--config: reading YAML needs pyyaml (pip install pyyaml), "
-                                 "or give a .json file") from None
+                raise UsageError("--config: reading YAML needs the package 'pyyaml', which is "
+                                 "not installed: pip install 'calibrate-cli[train]' (or pip "
+                                 "install pyyaml), or give a .json file") from None
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
@@ -181,6 +183,21 @@ def load_config_file(path: str) -> dict:
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
     return {_norm_key(k): v for k, v in data.items()}
+
+
+def read_saved_config(path: str) -> dict:
+    """The ``config`` of a run's config.json; a UsageError if the file is not one."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+        config = record.get("config", {}) if isinstance(record, dict) else None
+        if not isinstance(config, dict):
+            raise ValueError("no 'config' mapping")
+        return config
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: '{path}' is not a readable config.json of a calibrate run "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); restore "
+                         "it, or start a new run in another --out") from None
 
 
 def resolve_config(*, file_values: Mapping[str, Any] | None = None,
@@ -230,10 +247,15 @@ def _as_int(name, v, low=None, allow_none=False):
     if v is None and allow_none:
         return None
     try:
-        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        if isinstance(v, bool):
+            raise ValueError
+        if isinstance(v, str):  # "1e3" in a config file: an integer in float notation
+            t = v.strip().replace("_", "")
+            v = int(t) if t.lstrip("+-").isdigit() else float(t)
+        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
             raise ValueError
         iv = int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(f"{_flag(name)} must be an integer, got {v!r}") from None
     if low is not None and iv < low:
         raise UsageError(f"{_flag(name)} must be >= {low}, got {iv}")

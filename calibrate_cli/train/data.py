@@ -463,7 +463,10 @@ def _load_glyphs(classes, train_per_class, test_per_class, image_size, seed):
     size = GLYPHS_IMAGE_SIZE if image_size is None else int(image_size)
     if ntr < 1 or nte < 1:
         raise UsageError(f"glyphs: samples per class must be >= 1, got train {ntr}, test {nte}")
-    xtr, ytr, xte, yte, names = glyphs.generate(k, ntr, nte, size, seed)
+    from ..progress import slow_step
+
+    with slow_step(f"drawing {k * (ntr + nte)} glyph images"):
+        xtr, ytr, xte, yte, names = glyphs.generate(k, ntr, nte, size, seed)
     mean, std = _channel_stats(xtr)
     return DatasetBundle(
         name="glyphs", classes=k, channels=1, image_size=size, mean=mean, std=std,

@@ -20,6 +20,15 @@ digits, and the classes of a smaller K are a subset of those of a larger one.
 The list holds :func:`max_classes` (2,663 with the fonts of matplotlib 3.x)
 classes.
 
+Choosing the list renders every candidate (a few seconds), so it is computed
+once: the list for the fonts and renderer this package was released with ships
+as ``calibrate_cli/data/glyph_classes.json``, and any other installation
+computes it on first use and keeps it in a cache file
+(``$CALIBRATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/calibrate``, else
+``~/.cache/calibrate``). Both are keyed by a hash of the font file, the
+FreeType and Pillow versions, the Unicode database version and the selection
+rules above, so a list is only ever used where it would be computed the same.
+
 Each sample (one NumPy generator, seeded, drives all of it):
 
 * style: one of the faces containing the character, uniformly;
@@ -45,12 +54,19 @@ MLP at K = 10, 100 and 1000.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import unicodedata
 
 import numpy as np
 
 from ..errors import UsageError
+
+#: Bump when the selection rules change in a way the key below does not see.
+CLASS_LIST_VERSION = 1
+_SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                        "glyph_classes.json")
 
 #: Base canvas (pixels) on which each (class, face) is drawn once.
 BASE = 64
@@ -139,8 +155,9 @@ def _signature(img: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-@functools.lru_cache(maxsize=None)
-def _all_classes() -> tuple[int, ...]:
+def _compute_classes() -> tuple[int, ...]:
+    """The greedy selection of the module docstring (single-threaded: the similarity is an
+    einsum, not a multithreaded BLAS product, which spins on a busy machine)."""
     cands = _candidates()
     kept: list[int] = []
     sigs = np.zeros((len(cands), 256), np.float64)
@@ -149,11 +166,80 @@ def _all_classes() -> tuple[int, ...]:
         if img is None or img.mean() < MIN_INK:
             continue
         s = _signature(img)
-        if kept and float((sigs[:len(kept)] @ s).max()) >= SIMILARITY_LIMIT:
+        if kept and float(np.einsum("ij,j->i", sigs[:len(kept)], s).max()) >= SIMILARITY_LIMIT:
             continue
         sigs[len(kept)] = s
         kept.append(cp)
     return tuple(kept)
+
+
+def class_list_key() -> str:
+    """Everything the class list depends on, hashed: the font file, the renderers' versions,
+    the Unicode database and the selection rules."""
+    import PIL
+    from PIL import features
+
+    h = hashlib.sha256()
+    with open(os.path.join(font_dir(), FACES[0]), "rb") as fh:
+        h.update(fh.read())
+    h.update(repr((CLASS_LIST_VERSION, BASE, _GLYPH_FRACTION, SIMILARITY_LIMIT, MIN_INK, _FIRST,
+                   sorted(_CATEGORIES), unicodedata.unidata_version, PIL.__version__,
+                   features.version("freetype2"))).encode())
+    return h.hexdigest()[:20]
+
+
+def cache_dir() -> str:
+    """Where computed class lists are kept (see the module docstring)."""
+    root = os.environ.get("CALIBRATE_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "calibrate")
+    return root
+
+
+def _read_list(path: str, key: str) -> tuple[int, ...] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        entry = data[key] if key in data else None
+        if entry is None:
+            return None
+        cps = tuple(int(c) for c in entry["classes"])
+        return cps if len(cps) >= 2 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: compute it again
+
+
+def class_list_record(classes, key: str) -> dict:
+    import PIL
+    from PIL import features
+
+    return {key: {"classes": list(classes), "count": len(classes), "font": FACES[0],
+                  "pillow": PIL.__version__, "freetype": features.version("freetype2"),
+                  "unicode": unicodedata.unidata_version}}
+
+
+@functools.lru_cache(maxsize=None)
+def _all_classes() -> tuple[int, ...]:
+    key = class_list_key()
+    found = _read_list(_SHIPPED, key)
+    if found is not None:
+        return found
+    cached = os.path.join(cache_dir(), f"glyph-classes-{key}.json")
+    found = _read_list(cached, key)
+    if found is not None:
+        return found
+    from ..progress import slow_step
+
+    with slow_step("glyphs: choosing the classes for these fonts (once, then cached)"):
+        kept = _compute_classes()
+    try:
+        from ..atomic import write_atomic
+
+        write_atomic(cached, json.dumps(class_list_record(kept, key)) + "\n")
+    except Exception:  # an unwritable cache costs the computation next time, nothing more
+        pass
+    return kept
 
 
 def class_codepoints(count: int | None = None) -> tuple[int, ...]:
@@ -283,3 +369,11 @@ def generate(classes: int, train_per_class: int, test_per_class: int, image_size
         labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
         out += [_draw(labels, styles, image_size, rng), labels]
     return out[0], out[1], out[2], out[3], [class_name(cp) for cp in cps]
+
+
+if __name__ == "__main__":  # python -m calibrate_cli.train.glyphs: rewrite the shipped list
+    _key = class_list_key()
+    _kept = _compute_classes()
+    with open(_SHIPPED, "w", encoding="utf-8") as _fh:
+        _fh.write(json.dumps(class_list_record(_kept, _key)) + "\n")
+    print(f"{_SHIPPED}: {len(_kept)} classes, key {_key}")

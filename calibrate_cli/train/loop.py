@@ -72,6 +72,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -82,10 +83,11 @@ import torch
 
 from .._version import __version__
 from ..atomic import make_folder, write_atomic
-from ..errors import UsageError
+from ..errors import CalibrateError, UsageError
 from ..nn import centred_std, loss as calibrated_loss, measure_logits as measure_model_logits
 from .batches import FileData, MemoryData, _augment_kind, global_batches, make_split
-from .config import TrainConfig, changed_result_fields, default_out_dir
+from .config import TrainConfig, changed_result_fields, default_out_dir, read_saved_config
+from .safety import FiniteGuard, RunLock, failure, load_checkpoint, one_line
 
 CHECKPOINT = "checkpoint.pt"
 #: Columns of metrics.csv, in order (imagenet_* only when --imagenet-val-dir is given).
@@ -322,8 +324,7 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> str:
             raise UsageError(f"--resume: no checkpoint '{ckpt}' (start the run without --resume)")
         saved = os.path.join(out, "config.json")
         if os.path.isfile(saved):
-            with open(saved, encoding="utf-8") as fh:
-                old = json.load(fh).get("config", {})
+            old = read_saved_config(saved)
             changed = changed_result_fields(old, cfg)
             if changed:
                 raise UsageError(f"--resume: {', '.join(changed)} differ from the saved run in "
@@ -335,14 +336,37 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> str:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool = True,
-          command: str | None = None, console=None) -> TrainResult:
+          command: str | None = None, log_stream=None, resume_hint: str | None = None,
+          ) -> TrainResult:
     """Run (or resume) one training run as configured; returns its history.
 
     ``bundle``: an already loaded :class:`~calibrate_cli.train.data.DatasetBundle`
-    (``validate`` loads it once for the whole grid). ``progress``: show the rich
-    progress bar (rank 0).
+    (``validate`` loads it once for the whole grid). ``progress``: show a progress bar
+    during each epoch when stderr is a terminal (rank 0). ``log_stream``: where the
+    run's lines go (setup, one line per epoch, the result; default stderr), plain and
+    unwrapped. ``resume_hint``: what an interrupted run tells the user to do next.
+
+    Every input is checked before anything is written; the run folder is then locked
+    (:mod:`calibrate_cli.lock`) until the run ends, so a second process is refused. torch
+    runs with ``cfg.threads`` threads, or :func:`~calibrate_cli.train.threads.default_threads`;
+    the caller's setting is restored at the end.
     """
+    lock = RunLock()
+    threads = torch.get_num_threads()  # the run sets its own; the caller's is restored
+    try:
+        return _train(cfg, resume=resume, bundle=bundle, progress=progress, command=command,
+                      log_stream=log_stream, resume_hint=resume_hint, lock=lock)
+    finally:
+        lock.release()
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: str | None,
+           log_stream, resume_hint: str | None, lock: RunLock) -> TrainResult:
+    from ..atomic import check_folder
     from ..losses import get_loss, resolve_params
+    from ..progress import slow_step
+    from . import threads as T
     from .models import create_model
     from .noise import apply_noise, save_noisy_labels
 
@@ -352,21 +376,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
     dist = setup_distributed(device_kind)
     device = pick_device(cfg.device, dist.local_rank)
     precision = pick_precision(cfg.precision, device)
-    if console is None:
-        from rich.console import Console
-
-        console = Console(stderr=True, quiet=not dist.main)
 
     def log(msg: str) -> None:
         if dist.main:
-            console.print(msg, markup=False, highlight=False)
+            stream = sys.stderr if log_stream is None else log_stream
+            print(msg, file=stream, flush=True)
 
     if cfg.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:
-            raise UsageError("--tensorboard needs the tensorboard package (pip install "
-                             "tensorboard)") from None
+            raise UsageError("--tensorboard needs the tensorboard package: pip install "
+                             "'calibrate-cli[tensorboard]' (or pip install tensorboard)") from None
     if dist.enabled and cfg.batch_size < dist.world:
         raise UsageError(f"--batch-size {cfg.batch_size} is the global batch and must be at least "
                          f"the number of processes ({dist.world})")
@@ -378,19 +399,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
         cfg.out = box[0]
     out = prepare_out_dir(cfg, resume)
     if dist.main:
-        make_folder(out, "--out")  # fail now, not after loading the data
+        check_folder(out, "--out")  # fail now, not after loading the data; create nothing yet
+        if os.path.isdir(out):  # an existing folder: lock it before reading what it holds
+            lock.take(out, lambda: prepare_out_dir(cfg, resume))
+    threads, why = T.resolve(cfg.threads)
+    torch.set_num_threads(threads)
+    log(f"threads: {threads} ({why})")
     seed_everything(cfg.seed + dist.rank)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
 
     # data and noise
     if bundle is None:
         from .data import load_dataset
 
-        bundle = load_dataset(cfg.dataset, cfg.data_dir, classes=cfg.classes,
-                              train_per_class=cfg.train_samples_per_class,
-                              test_per_class=cfg.test_samples_per_class,
-                              image_size=cfg.image_size, seed=cfg.data_seed)
+        with slow_step(f"loading {cfg.dataset}"):
+            bundle = load_dataset(cfg.dataset, cfg.data_dir, classes=cfg.classes,
+                                  train_per_class=cfg.train_samples_per_class,
+                                  test_per_class=cfg.test_samples_per_class,
+                                  image_size=cfg.image_size, seed=cfg.data_seed)
     K = int(bundle.classes)
     if cfg.classes is not None and cfg.classes != K:
         raise UsageError(f"--classes {cfg.classes}: the loaded dataset has {K} classes")
@@ -403,8 +428,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
     noise = apply_noise(bundle.train.labels, cfg.noise, K, seed=noise_seed, dataset=bundle.name,
                         coarse=bundle.coarse_labels)
     log(noise.describe())
-    if dist.main:
-        save_noisy_labels(os.path.join(out, "noisy_labels.npz"), noise)
 
     train_data = make_split(bundle.train, noise.labels, bundle.train.labels, bundle, device,
                             train=True, seed=cfg.seed + dist.rank, workers=cfg.workers)
@@ -430,24 +453,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
     ckpt_path = os.path.join(out, CHECKPOINT)
     state = None
     if resume:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("noise_hash") != noise.hash:
-            raise UsageError(f"--resume: the noisy labels differ from the saved run "
-                             f"(hash {noise.hash} vs {state.get('noise_hash')})")
-        model.load_state_dict(state["model"])
+        state = load_checkpoint(ckpt_path, model, device, noise.hash)
         derived = state["derived"]
         log(f"resuming '{out}' after epoch {state['epoch']}")
     else:
         local_batch = max(1, cfg.batch_size // dist.world)
-        derived = derive_loss_settings(
-            cfg, spec, params, K,
-            lambda: measure_logits(model, train_data, local_batch, cfg.measure_batches, dist), log)
+        with slow_step("measuring the initial logits and solving for the loss settings"):
+            derived = derive_loss_settings(
+                cfg, spec, params, K,
+                lambda: measure_logits(model, train_data, local_batch, cfg.measure_batches, dist),
+                log)
         if dist.enabled:  # every process trains with rank 0's numbers
             import torch.distributed as tdist
 
             box = [derived]
             tdist.broadcast_object_list(box, src=0)
             derived = box[0]
+    if dist.main:  # every input checked: now the run folder is made, locked and written
+        make_folder(out, "--out")
+        lock.take(out, lambda: prepare_out_dir(cfg, resume))
+        save_noisy_labels(os.path.join(out, "noisy_labels.npz"), noise)
     epsilon = float(derived["epsilon"])
     loss_fn = calibrated_loss(spec, K, logit_bias=epsilon, params=derived["params"],
                               reduction="none")  # per sample: L(z + ε·onehot(y), y)
@@ -466,9 +491,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
     history: list[dict] = []
     start = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        except Exception as exc:
+            raise UsageError(f"--resume: the optimiser state in '{ckpt_path}' does not fit this "
+                             f"run ({type(exc).__name__}); restore it, or start a new run in "
+                             "another --out") from None
         history = list(state["history"])
         start = int(state["epoch"])
         if start >= cfg.epochs:
@@ -491,7 +521,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
     stat_dtype = torch.float32 if device.type == "mps" else torch.float64
     status = "running"
     saved = len(history)
-    bar = _Progress(progress and dist.main, console)
+    bar = _Progress(progress and dist.main, log)
+    guard = FiniteGuard(device, dist.enabled)
+    error = None
     try:
         with bar:
             for epoch in range(start, cfg.epochs):
@@ -516,6 +548,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                     z = logits.float()
                     per = loss_fn(z, y)
                     loss = per.sum() * (dist.world / n_global)
+                    guard.check(loss, epoch, step)
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(loss).backward()
@@ -550,6 +583,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
                 a = acc.cpu().tolist()
                 elapsed = time.perf_counter() - t0
                 row = _epoch_row(epoch + 1, lr, a, K, elapsed)
+                guard.epoch_end(row["train_loss"], epoch, core)
                 for name, data in [("test", test_data)] + list(extra_eval.items()):
                     t1, t5 = evaluate(model, data, cfg.eval_batch_size, dist, autocast)
                     row[f"{name}_top1"], row[f"{name}_top5"] = t1, t5
@@ -579,10 +613,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
         status = "interrupted"
         del history[saved:]  # an epoch whose checkpoint was not written is redone on resume
         log(f"interrupted: results of {len(history)} completed epoch(s) saved; "
-            f"continue with --resume --out {out}")
+            + (resume_hint or f"continue with --resume --out {out}"))
+    except BaseException as exc:  # diverged, user code, a bad file, a full disk: saved epochs stay
+        del history[saved:]
+        status, error = failure(exc, saved, out)
+        if error is not exc:
+            raise error from None
+        raise
     finally:
         if dist.main:
-            _write_metrics(out, history, config_record, status, extra_eval)
+            try:
+                _write_metrics(out, history, config_record, status, extra_eval,
+                               error=None if error is None else one_line(error))
+            except CalibrateError:
+                if status == "complete":
+                    raise
+                # the run failed already (often for the same reason, a full disk): the
+                # checkpoint and the metrics of the last saved epoch still agree
         if writer is not None:
             writer.close()
     if status == "interrupted":
@@ -674,7 +721,8 @@ def _unwrap(model):
     return getattr(m, "module", m)
 
 
-def _write_metrics(out: str, history: list[dict], record: dict, status: str, extra: dict) -> None:
+def _write_metrics(out: str, history: list[dict], record: dict, status: str, extra: dict,
+                   error: str | None = None) -> None:
     cols = list(METRIC_COLUMNS)
     for name in extra:
         cols[cols.index("test_top5") + 1:cols.index("test_top5") + 1] = [f"{name}_top1",
@@ -696,39 +744,51 @@ def _write_metrics(out: str, history: list[dict], record: dict, status: str, ext
     write_json(os.path.join(out, "metrics.json"), {
         "version": record["version"], "command": record["command"], "status": status,
         "epochs_planned": record["config"]["epochs"], "epochs_done": len(history),
+        **({"error": error} if error else {}),
         "derived": record["derived"], "noise": record["noise"], **summary, "epochs": history})
 
 
 class _Progress:
-    """A rich progress bar per epoch: loss, accuracy and samples/s, refreshed at most
-    four times a second (each refresh reads the on-device sums once)."""
+    """What the user sees of each epoch: a progress bar on stderr while it runs (only when
+    stderr is a terminal; refreshed at most four times a second, each refresh reading the
+    on-device sums once), then one plain line through ``log`` when it ends."""
 
-    def __init__(self, enabled: bool, console):
-        self.enabled = enabled
-        self.console = console
+    def __init__(self, enabled: bool, log: Callable[[str], None]):
+        from ..progress import interactive
+
+        self.enabled = enabled and interactive()
+        self.log = log
         self.bar = None
         self.task = None
         self.last = 0.0
+        self.title = ""
 
     def __enter__(self):
-        if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                console=self.console, transient=False)
-            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._stop()
+
+    def _stop(self):
         if self.bar is not None:
-            self.bar.__exit__(*exc)
+            self.bar.stop()
+            self.bar = None
 
     def start_epoch(self, epoch, epochs, steps):
-        if self.bar is not None:
-            self.task = self.bar.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, info="")
-            self.last = time.perf_counter()
+        self.title = f"epoch {epoch + 1}/{epochs}"
+        if not self.enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=True,
+                            redirect_stdout=False, redirect_stderr=False)
+        self.bar.start()
+        self.task = self.bar.add_task(self.title, total=steps, info="")
+        self.last = time.perf_counter()
 
     def step(self, step, acc, seen, t0):
         if self.bar is None:
@@ -744,11 +804,10 @@ class _Progress:
                              f"{n / max(now - t0, 1e-9):.0f} samples/s")
 
     def end_epoch(self, row):
-        if self.bar is None:
-            return
-        info = (f"loss {row['train_loss']:.4f}  acc {100 * row['train_acc_noisy']:.1f}% "
-                f"(clean {100 * row['train_acc_clean']:.1f}%)  test {100 * row['test_top1']:.2f}%  "
-                f"{row['samples_per_s']:.0f} samples/s")
-        if row.get("memorised") is not None:
-            info += f"  memorised {100 * row['memorised']:.1f}%"
-        self.bar.update(self.task, completed=self.bar.tasks[-1].total, info=info)
+        self._stop()
+        memo = "" if row.get("memorised") is None else f"memorised {100 * row['memorised']:.1f}%  "
+        self.log(f"{self.title}  loss {row['train_loss']:.4f}  acc "
+                 f"{100 * row['train_acc_noisy']:.1f}% (clean {100 * row['train_acc_clean']:.1f}%)  "
+                 f"test {100 * row['test_top1']:.2f}%  {memo}{row['samples_per_s']:.0f} samples/s  "
+                 + (f"{row['time_s']:.1f} s" if row["time_s"] >= 1 else
+                    f"{1000 * row['time_s']:.0f} ms"))

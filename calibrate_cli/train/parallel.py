@@ -40,9 +40,11 @@ def _resume(cfg: TrainConfig) -> bool:
 
 
 def default_threads(jobs: int) -> int:
-    """CPU threads per run when ``jobs`` runs share the machine: cores // jobs, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, jobs))
+    """CPU threads per run when ``jobs`` runs share the machine: physical cores // jobs, at
+    least 1 (the runs' own load is expected, so the load average does not lower it)."""
+    from .threads import physical_cores
+
+    return max(1, physical_cores() // max(1, jobs))
 
 
 def _worker_init(cfg_dict: dict, threads: int, counter) -> None:
@@ -59,18 +61,19 @@ def _worker_init(cfg_dict: dict, threads: int, counter) -> None:
     _BUNDLE = _load_bundle(TrainConfig(**cfg_dict))
 
 
-def _worker_run(cfg_dict: dict, command: str | None) -> dict:
+def _worker_run(cfg_dict: dict, command: str | None, resume_hint: str | None) -> dict:
     from .loop import train
 
     cfg = TrainConfig(**cfg_dict)
-    result = train(cfg, resume=_resume(cfg), bundle=_BUNDLE, progress=False, command=command)
+    result = train(cfg, resume=_resume(cfg), bundle=_BUNDLE, progress=False, command=command,
+                   resume_hint=resume_hint)
     return {"last_top1": result.last_top1, "best_top1": result.best_top1,
             "epsilon": result.derived.get("epsilon")}
 
 
 def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=None,
                progress: bool = True, command: str | None = None,
-               log: Callable[[str], None] = print) -> None:
+               log: Callable[[str], None] = print, resume_hint: str | None = None) -> None:
     """Train (or resume) each ``(tag, config)`` of ``todo``; ``jobs`` at a time."""
     if not todo:
         return
@@ -83,7 +86,8 @@ def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=Non
             log(f"{tag}: {'resuming' if resume else 'training'} in {cfg.out}")
             if bundle is None:
                 bundle = _load_bundle(cfg)
-            train(cfg, resume=resume, bundle=bundle, progress=progress, command=command)
+            train(cfg, resume=resume, bundle=bundle, progress=progress, command=command,
+                  resume_hint=resume_hint)
         return
 
     import multiprocessing
@@ -102,7 +106,7 @@ def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=Non
             while queue and len(pending) < jobs:
                 tag, cfg = queue.pop(0)
                 log(f"{tag}: {'resuming' if _resume(cfg) else 'training'} in {cfg.out}")
-                pending[pool.submit(_worker_run, cfg.to_dict(), command)] = tag
+                pending[pool.submit(_worker_run, cfg.to_dict(), command, resume_hint)] = tag
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for fut in done:
                 tag = pending.pop(fut)

@@ -52,11 +52,14 @@ import re
 from dataclasses import dataclass
 
 from .._version import __version__
-from ..atomic import make_folder, write_atomic
+from ..atomic import check_folder, clean_temporaries, make_folder, write_atomic
 from ..errors import UsageError
+from ..lock import lock_folder
 from .config import TrainConfig, changed_result_fields, resolve_config, slugify
 
 RESULTS_VERSION = 1
+#: The largest grid ``validate`` accepts (losses × noise levels × seeds).
+MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
@@ -143,23 +146,31 @@ def parse_noise_list(text: str) -> list[str]:
     return out
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``0,1,2`` or a range ``0-4``."""
-    seeds: list[int] = []
+def parse_seeds(text: str, limit: int = MAX_RUNS) -> list[int]:
+    """``0,1,2`` or ranges ``0-4`` (first occurrence kept); at most ``limit`` seeds."""
+    seeds: dict[int, None] = {}
     for raw in [t.strip() for t in str(text).split(",") if t.strip()]:
-        m = re.fullmatch(r"(\d+)-(\d+)", raw)
-        try:
-            vals = list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(raw)]
-        except ValueError:
-            raise UsageError(f"--seeds: '{raw}' is not a non-negative integer or range a-b") from None
-        for v in vals:
-            if v < 0:
-                raise UsageError(f"--seeds must be >= 0, got {v}")
-            if v not in seeds:
-                seeds.append(v)
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", raw)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise UsageError(f"--seeds: the range '{raw}' is empty (a-b needs a <= b)")
+        else:
+            try:
+                lo = hi = int(raw)
+            except ValueError:
+                raise UsageError(f"--seeds: '{raw}' is not a non-negative integer or a range "
+                                 "a-b") from None
+            if lo < 0:
+                raise UsageError(f"--seeds must be >= 0, got {lo}")
+        if hi - lo + 1 + len(seeds) > limit:  # checked before the range is expanded
+            raise UsageError(f"--seeds: '{text}' holds more than {limit} seeds; a grid of that "
+                             "size would run for months: split it")
+        for v in range(lo, hi + 1):
+            seeds.setdefault(v, None)
     if not seeds:
         raise UsageError("--seeds: give at least one seed (e.g. 0,1,2)")
-    return seeds
+    return list(seeds)
 
 
 def noise_slug(spec: str) -> str:
@@ -207,11 +218,43 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
              log=print, bundle=None, jobs: int = 1, record: str | None = "grid.json") -> dict:
     """Train every cell not yet complete (``jobs`` at a time), then write and return the
     results. ``record``: the file that records the grid and the command (None: none)."""
-    from .loop import write_json
+    from . import threads as T
 
-    make_folder(out, "--out")
+    runs = len(variants) * len(noises) * len(seeds)
+    if runs > MAX_RUNS:
+        raise UsageError(f"the grid has {runs} runs ({len(variants)} losses × {len(noises)} noise "
+                         f"levels × {len(seeds)} seeds), more than {MAX_RUNS}: split it")
     cells = grid_cells(variants, noises, seeds)
     configs = [run_config(base, v, n, s, run_dir(out, v, n, s)) for v, n, s in cells]
+    first = configs[0]
+    check_folder(out, "--out")
+    if first.threads is None and jobs == 1:  # chosen once, before the grid's own load counts
+        T.default_threads()
+    if bundle is None and jobs == 1:  # with several jobs, each worker loads the data itself
+        todo = [c for c in configs if not _complete(c)]
+        if todo:
+            from ..progress import slow_step
+            from .data import load_dataset
+
+            with slow_step(f"loading {first.dataset}"):
+                bundle = load_dataset(first.dataset, first.data_dir, classes=first.classes,
+                                      train_per_class=first.train_samples_per_class,
+                                      test_per_class=first.test_samples_per_class,
+                                      image_size=first.image_size, seed=first.data_seed)
+    make_folder(out, "--out")  # every input checked: now the grid's folder is made and locked
+    with lock_folder(out, "--out"):  # one grid writer at a time
+        clean_temporaries(out)
+        if first.threads is None and jobs == 1:
+            n, why = T.default_threads()
+            log(f"threads: {n} ({why})")
+        return _run_cells(out, base, variants, noises, seeds, cells, configs, bundle,
+                          progress=progress, command=command, log=log, jobs=jobs, record=record)
+
+
+def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, progress,
+               command, log, jobs, record) -> dict:
+    from .loop import write_json
+
     first = configs[0]
     grid = {"dataset": first.dataset, "classes": first.classes, "model": first.model,
             "epochs": first.epochs, "losses": [v.label for v in variants], "noise": noises,
@@ -231,7 +274,9 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
     if todo:
         from .parallel import train_runs
 
-        train_runs(todo, jobs=jobs, bundle=bundle, progress=progress, command=command, log=log)
+        train_runs(todo, jobs=jobs, bundle=bundle, progress=progress, command=command, log=log,
+                   resume_hint="run the same 'calibrate validate' command again to continue "
+                               "the grid")
     results = collect_results(out, cells, configs, grid, command)
     if record:
         write_results(out, results)
@@ -246,7 +291,7 @@ def _complete(cfg: TrainConfig) -> bool:
     try:
         with open(os.path.join(cfg.out, "config.json"), encoding="utf-8") as fh:
             old = json.load(fh).get("config", {})
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         old = {}
     changed = changed_result_fields(old, cfg)
     if changed:
