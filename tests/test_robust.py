@@ -388,8 +388,8 @@ def test_user_loss_that_calls_sys_exit_cannot_end_train_silently(tmp_path):
     out = tmp_path / "run"
     r = cli(tmp_path, "train", *TINY, "--epochs", "3", "--loss", "userloss:leaves", "--out", out)
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert r.stderr.startswith("error: user code called sys.exit(0) during training")
-    assert r.stderr.count("\n") == 1 and "epoch 1" in r.stderr
+    assert r.stderr.startswith("error: ") and "called sys.exit(0)" in r.stderr
+    assert r.stderr.count("\n") == 1
     m = load_json(out / "metrics.json")
     assert m["status"] == "failed" and m["epochs_done"] == 1
     assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
