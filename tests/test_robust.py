@@ -403,7 +403,7 @@ def test_user_loss_that_calls_sys_exit_in_a_calibration_command(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     r = run("epsilon", "--classes", "10", "--loss", "exitloss:leave", "--json")
     assert r.stdout == ""
-    one_line_error(r, 2, "user code called sys.exit(0)")
+    one_line_error(r, 2, "called sys.exit(0)")
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
