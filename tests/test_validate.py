@@ -153,6 +153,11 @@ def test_sweep_parsing():
     assert [p.variant.label for p in s.points] == ["gce@q=0.5", "gce@calibrated"]
     s = parse_sweep("a=1,calibrated", "agce", calibrate_from=10)
     assert [p.variant.label for p in s.points] == ["agce@a=1", "agce@calibrated:a:10"]
+    s = parse_sweep("q=0.5,calibrated,calibrated:10", "gce")
+    assert [p.variant.label for p in s.points] == ["gce@q=0.5", "gce@calibrated",
+                                                   "gce@calibrated:q:10"]
+    assert s.points[2].computed == "calibrated:10"
+    assert s.points[2].variant.calibrate_from == 10
     for bad, losses in [("eps=match", "mae"), ("eps=1,x", "mae"), ("zz=1", "mae"),
                         ("q=1", "mae,gce"), ("eps=1", "mae*"), ("eps", "mae")]:
         with pytest.raises(UsageError):

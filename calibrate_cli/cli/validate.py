@@ -47,7 +47,7 @@ def validate(
     losses: Annotated[str, _opt("--losses", panel=GRID, help="Comma-separated losses and variants (NAME, NAME*, NAME@calibrated, NAME@P=V).")] = "ce,mae,mae*,gce,gce@calibrated",
     noise: Annotated[str, _opt("--noise", panel=GRID, help="Comma-separated noise levels (rates mean symmetric noise).")] = "0,0.4",
     seeds: Annotated[str, _opt("--seeds", panel=GRID, help="Comma-separated seeds or ranges a-b (a <= b).")] = "0,1,2",
-    sweep: Annotated[Optional[str], _opt("--sweep", panel=GRID, metavar="Q=V1,V2,...", help="Sweep ε (eps=0,2,match,peak,above) or a parameter of the one loss in --losses (q=0.3,0.5,calibrated).")] = None,
+    sweep: Annotated[Optional[str], _opt("--sweep", panel=GRID, metavar="Q=V1,V2,...", help="Sweep ε (eps=0,2,match,peak,above) or a parameter of the one loss in --losses (q=0.3,0.5,calibrated,calibrated:10: transferred from K = 100 or 10).")] = None,
     jobs: Annotated[int, _opt("--jobs", "-j", panel=RUN, min=1, click_type=INT, help="Runs trained at once, each in its own process (threads: the physical cores divided among them).")] = 1,
     out: Annotated[str, _opt("--out", "-o", panel=RUN, help="Folder of the grid (runs and results).")] = "runs/validate",
     dataset: Annotated[Optional[str], _opt("--dataset", panel=DATA, help="Dataset (see 'calibrate train --help').")] = None,

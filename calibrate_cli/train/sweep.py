@@ -9,10 +9,10 @@ computes without training among them:
     ``above`` are solved per run from K and the measured logit std (``NAME*``,
     ``NAME*peak``, ``NAME*above``: criterion match with the root below the peak, the peak,
     match's root above the peak);
-``q=0.3,0.4,calibrated,0.7``
+``q=0.3,0.4,calibrated,calibrated:10,0.7``
     a loss parameter: numbers are fixed values (``NAME@q=V``); ``calibrated`` is the value
     transferred to the dataset's K from the parameter's current value at ``calibrate_from``
-    classes (``NAME@calibrated:q:100``).
+    classes (default 100; ``NAME@calibrated:q:100``), ``calibrated:K`` from K classes.
 
 The runs are those of ``calibrate validate`` (``OUT/runs/<label>/<noise>/seed-<s>/``,
 completed runs skipped, interrupted ones resumed), so a sweep and a grid given the same
@@ -42,7 +42,7 @@ EPSILON_POINTS = {"match": "*", "peak": "*peak", "above": "*above"}
 @dataclass(frozen=True)
 class SweepPoint:
     variant: LossVariant
-    computed: str | None  # None for a fixed value, else "match", "peak", "above", "calibrated"
+    computed: str | None  # None for a fixed value, else "match", "peak", "above", "calibrated[:K]"
     value: float | None   # the fixed value (computed points: read from the runs)
 
 
@@ -79,15 +79,16 @@ def parse_sweep(spec: str, losses: str, calibrate_from: int = 100) -> Sweep:
         key = item.lower()
         if quantity == "eps" and key in EPSILON_POINTS:
             labels.append((f"{loss}{EPSILON_POINTS[key]}", key, None))
-        elif quantity != "eps" and key == "calibrated":
-            short = quantity == "q" and calibrate_from == 100  # validate's gce@calibrated
+        elif quantity != "eps" and re.fullmatch(r"calibrated(:\d+)?", key):
+            k_from = int(key.partition(":")[2] or calibrate_from)
+            short = quantity == "q" and k_from == 100  # validate's gce@calibrated
             labels.append((f"{loss}@calibrated" if short else
-                           f"{loss}@calibrated:{quantity}:{calibrate_from}", key, None))
+                           f"{loss}@calibrated:{quantity}:{k_from}", key, None))
         else:
             try:
                 value = float(item)
             except ValueError:
-                known = ", ".join(EPSILON_POINTS) if quantity == "eps" else "calibrated"
+                known = ", ".join(EPSILON_POINTS) if quantity == "eps" else "calibrated[:K]"
                 raise UsageError(f"--sweep {quantity}: '{item}' is neither a number nor one of "
                                  f"{known}") from None
             labels.append((f"{loss}@{quantity}={value:g}", None, value))
