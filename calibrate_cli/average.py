@@ -63,6 +63,10 @@ V_STEP = 0.125
 #: errors of ε near 1e-4 (see README, speed).
 DEFAULT_SAMPLES = 4096
 DEFAULT_SAMPLES_FULL = 1024
+#: Default draw budget per K (logits): 4096 vectors up to K ≈ 16 000, then fewer, never below
+#: MIN_SAMPLES (K = 10^6: 256 vectors, a few seconds).
+DRAW_BUDGET = 1 << 26
+MIN_SAMPLES = 256
 MAX_DRAWS = 2_000_000_000
 SERIES_T = 1e-3  # below t·max(Y) the Laplace transform of Y is summed as a series
 CHUNK_ELEMS = 1 << 21  # logits per Monte Carlo chunk (16 MiB of float64)
@@ -147,14 +151,23 @@ class Averager:
         the logit distribution p_z of the other K - 1 logits.
     samples, seed:
         Monte Carlo settings (only losses whose δ_k depends on every σ_j use them).
+    draw_budget:
+        if given, at most about this many logits are drawn per K: ``samples`` vectors while
+        they fit, fewer (never below MIN_SAMPLES) at large K (see :meth:`samples_at`).
+    reduce:
+        False evaluates whole logit vectors at every z_k even for losses that reduce a draw to
+        a few numbers (the reference the reductions are measured against).
     """
 
-    def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0):
+    def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                 draw_budget: int | None = None, reduce: bool = True):
         if samples < 16:
             raise UsageError(f"--samples must be at least 16, got {samples}")
         self.dist = dist
         self.samples = int(samples)
         self.seed = int(seed)
+        self.draw_budget = draw_budget
+        self.reduce = bool(reduce)
         self._x, self._w = dist.quadrature()
         self._m = float(np.sum(self._w * np.exp(self._x)))
         self._mc_cache: dict = {}
@@ -269,17 +282,27 @@ class Averager:
         ey[~small] = (np.exp(-ty) * y) @ self._w
         return psi, ey
 
+    def samples_at(self, classes: int) -> int:
+        """Monte Carlo vectors drawn at K: ``samples``, or with a draw budget
+        min(samples, max(MIN_SAMPLES, budget // (K - 1))). The standard error of <δ_k> near
+        its peak falls faster than 1/√K (the control variates absorb the fluctuation of the
+        sums over K - 1 logits), so fewer vectors at large K keep it far below that at small K."""
+        if self.draw_budget is None:
+            return self.samples
+        return min(self.samples, max(MIN_SAMPLES, self.draw_budget // max(classes - 1, 1)))
+
     def _chunks(self, classes: int):
         """Deterministic chunks of the other K - 1 logits (centred), common to all calls."""
         n = classes - 1
-        total = self.samples * n
+        samples = self.samples_at(classes)
+        total = samples * n
         if total > MAX_DRAWS:
             raise UsageError(
-                f"Monte Carlo at K = {classes} with {self.samples} samples needs {total:.2g} "
+                f"Monte Carlo at K = {classes} with {samples} samples needs {total:.2g} "
                 f"draws (limit {MAX_DRAWS:.0e}); use --samples {max(1, MAX_DRAWS // n)} or fewer")
         rows = max(1, CHUNK_ELEMS // max(n, 1))
-        for i, start in enumerate(range(0, self.samples, rows)):
-            m = min(rows, self.samples - start)
+        for i, start in enumerate(range(0, samples, rows)):
+            m = min(rows, samples - start)
             rng = np.random.default_rng([self.seed, classes, i])
             yield self.dist.sample(rng, (m, n))
 
@@ -291,9 +314,10 @@ class Averager:
             h = 1e-4
             out = (self._per_sample(term, classes, zk + h, False)
                    - self._per_sample(term, classes, zk - h, False)) / (2 * h)
-        elif term.loss.mc_reduce is not None:
-            stats = self._reduced(classes, term.loss.mc_reduce)
-            out = term.loss.mc_delta(zk, stats, classes, term.params)
+        elif term.loss.mc_reduce is not None and self.reduce and (
+                out := term.loss.mc_delta(zk, self._reduced(classes, term.loss.mc_reduce),
+                                          classes, term.params)) is not None:
+            pass  # the reduction holds (mc_delta returns None where its error bound fails)
         else:
             parts = []
             for c in self._chunks(classes):
@@ -313,12 +337,22 @@ class Averager:
         todo = [f for f in dict.fromkeys(reducers) if (f, classes) not in self._stats_cache]
         if not todo:
             return
-        parts: dict = {f: [] for f in todo}
-        for c in self._chunks(classes):
-            for f in todo:
-                parts[f].append(f(c))
+        # a reducer may also deliver another's statistics (``provides``: {reducer: extract}),
+        # e.g. NFL's pass yields ln Σ e^z and Σ z: then that one costs no pass of its own
+        derived = {}
         for f in todo:
-            self._stats_cache[(f, classes)] = np.concatenate(parts[f])
+            for g, extract in getattr(f, "provides", {}).items():
+                if g in todo and g not in derived and not getattr(g, "provides", None):
+                    derived[g] = (f, extract)
+        run = [f for f in todo if f not in derived]
+        parts: dict = {f: [] for f in run}
+        for c in self._chunks(classes):
+            for f in run:
+                parts[f].append(f(c))
+        for f in run:  # a reducer may return its own type, joined by its ``concat``
+            self._stats_cache[(f, classes)] = getattr(f, "concat", np.concatenate)(parts[f])
+        for g, (f, extract) in derived.items():
+            self._stats_cache[(g, classes)] = extract(self._stats_cache[(f, classes)])
 
     def _reduced(self, classes: int, reducer) -> np.ndarray:
         """``reducer(draws)`` per sample, cached per (reducer, K)."""
@@ -337,7 +371,7 @@ class Averager:
     def _monte_carlo(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
         """Sample mean with control variates: δ_i - β·X_i, β fitted by least squares."""
         self._reduce_pass(classes, [lse_and_sum] + [t.loss.mc_reduce for t in terms
-                                                    if t.loss.mc_reduce is not None])
+                                                    if t.loss.mc_reduce is not None and self.reduce])
         X = self._control_variates(classes)
         Xc = X - X.mean(axis=0)
         mean = np.empty_like(z)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .._version import __version__
-from ..average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, Averager, default_samples
+from ..average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, DRAW_BUDGET, Averager, default_samples
 from ..errors import UsageError
 from ..logits import DEFAULT_ATOMS, DEFAULT_LOGIT_STD, Gaussian, LogitDistribution, load_logits
 from ..losses import get_loss, parse_assignments, resolve_params
@@ -135,12 +135,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *specs) -> Averager:
-    """The Averager of the options; ``samples`` None: the default for the losses ``specs``."""
+    """The Averager of the options; ``samples`` None: the default for the losses ``specs``,
+    within the default draw budget per K (fewer vectors at very large K)."""
+    budget = DRAW_BUDGET if samples is None else None
     if samples is None:
         samples = default_samples(*specs)
     if samples < 16:
         raise UsageError(f"--samples must be >= 16, got {samples}")
-    return Averager(dist, samples=samples, seed=seed)
+    return Averager(dist, samples=samples, seed=seed, draw_budget=budget)
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

@@ -76,7 +76,7 @@ def epsilon(
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "peak_z": r.peak_z, "peak_delta": r.peak_delta, "other_root": r.other_root,
             "method": r.method,
-            "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
+            "monte_carlo": None if r.method == "exact" else {"samples": av.samples_at(r.classes), "seed": seed},
         })
         return
     if r.criterion == "match":

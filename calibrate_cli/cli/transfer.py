@@ -62,7 +62,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
             "criterion": "match", "at": r.at, "distribution": d, "target": r.target,
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "other_roots": r.other_roots, "method": r.method,
-            "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
+            "monte_carlo": None if r.method == "exact" else {"samples": av.samples_at(r.k_to), "seed": seed},
         })
         c.emit_json(command, payload)
         return r
