@@ -157,10 +157,14 @@ class Averager:
     reduce:
         False evaluates whole logit vectors at every z_k even for losses that reduce a draw to
         a few numbers (the reference the reductions are measured against).
+    device:
+        None: NumPy on the CPU. A torch device ("cuda", "cuda:1", "cpu") draws, reduces and
+        evaluates whole vectors with torch there (calibrate_cli/mc_device.py); its draws
+        differ from NumPy's (another generator), within the Monte Carlo error.
     """
 
     def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                 draw_budget: int | None = None, reduce: bool = True):
+                 draw_budget: int | None = None, reduce: bool = True, device: str | None = None):
         if samples < 16:
             raise UsageError(f"--samples must be at least 16, got {samples}")
         self.dist = dist
@@ -168,6 +172,12 @@ class Averager:
         self.seed = int(seed)
         self.draw_budget = draw_budget
         self.reduce = bool(reduce)
+        self.device = device
+        self._torch = None
+        if device is not None:
+            from .mc_device import TorchBackend  # imports torch
+
+            self._torch = TorchBackend(device)
         self._x, self._w = dist.quadrature()
         self._m = float(np.sum(self._w * np.exp(self._x)))
         self._mc_cache: dict = {}
@@ -300,9 +310,13 @@ class Averager:
             raise UsageError(
                 f"Monte Carlo at K = {classes} with {samples} samples needs {total:.2g} "
                 f"draws (limit {MAX_DRAWS:.0e}); use --samples {max(1, MAX_DRAWS // n)} or fewer")
-        rows = max(1, CHUNK_ELEMS // max(n, 1))
+        rows = max(1, CHUNK_ELEMS // max(n, 1)) if self._torch is None else \
+            self._torch.rows_per_chunk(n)
         for i, start in enumerate(range(0, samples, rows)):
             m = min(rows, samples - start)
+            if self._torch is not None:
+                yield self._torch.sample(self.dist, (self.seed, classes, i), (m, n))
+                continue
             rng = np.random.default_rng([self.seed, classes, i])
             yield self.dist.sample(rng, (m, n))
 
@@ -321,6 +335,9 @@ class Averager:
         else:
             parts = []
             for c in self._chunks(classes):
+                if self._torch is not None:
+                    parts.append(self._torch.full_delta(term, zk, c))
+                    continue
                 logits = np.empty((c.shape[0], classes))
                 logits[:, 0] = zk
                 logits[:, 1:] = c
@@ -348,7 +365,7 @@ class Averager:
         parts: dict = {f: [] for f in run}
         for c in self._chunks(classes):
             for f in run:
-                parts[f].append(f(c))
+                parts[f].append(f(c) if self._torch is None else self._torch.reduce(f, c))
         for f in run:  # a reducer may return its own type, joined by its ``concat``
             self._stats_cache[(f, classes)] = getattr(f, "concat", np.concatenate)(parts[f])
         for g, (f, extract) in derived.items():

@@ -322,7 +322,7 @@ def test_reducible_losses_and_one_pass_over_the_draws(monkeypatch):
     from calibrate_cli.losses import get_loss, resolve_params
 
     assert all(get_loss(n).reducible for n in ("ce", "mae", "nce", "nce-agce", "nce-mae", "nce-rce"))
-    assert all(get_loss(n).reducible for n in ("nfl", "nf-mae", "nf-rce"))
+    assert all(get_loss(n).reducible for n in ("nfl", "nf-mae", "nf-rce", "bitemp"))
     av = Averager(Gaussian(0.0, 0.5), samples=256, seed=1)
     calls = []
     chunks = av._chunks

@@ -49,6 +49,7 @@ def epsilon(
     input_shape: c.InputShape = c.DEFAULTS["input_shape"],
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
+    device: c.Device = c.DEFAULTS["device"],
     json_: c.Json = False,
 ) -> None:
     if criterion not in CRITERIA:
@@ -61,7 +62,7 @@ def epsilon(
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=classes, quiet=json_)
-    av = c.make_averager(dist, samples, seed, spec)
+    av = c.make_averager(dist, samples, seed, spec, device=device)
     r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
                       reference_classes=reference_classes, target=target, branch=branch,
                       averager=av)

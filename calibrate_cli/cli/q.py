@@ -43,6 +43,7 @@ def q(
     input_shape: c.InputShape = c.DEFAULTS["input_shape"],
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
+    device: c.Device = c.DEFAULTS["device"],
     json_: c.Json = False,
 ) -> None:
     if not q_from > 0:
@@ -50,4 +51,4 @@ def q(
     run_transfer("q", loss=loss, preset=preset, set_=set_, param="q", k_from=k_from, k_to=k_to,
                  at=at, logit_mean=logit_mean, logit_std=logit_std, logits=logits, atoms=atoms,
                  from_model=from_model, input_shape=input_shape, samples=samples, seed=seed,
-                 json_=json_, extra_params={"q": q_from})
+                 json_=json_, extra_params={"q": q_from}, device=device)

@@ -103,6 +103,8 @@ class NFLReduce:
 
     It also yields (ln Σ e^z, Σ z), the statistics of NCE and of the control variates."""
 
+    accepts_torch = True  # torch tensors are reduced on their device (mc_device.py)
+
     def __init__(self):
         self.provides = {lse_and_sum: lambda s: np.stack([s.lse, s.total], axis=1)}
 

@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from .bitemp_series import bitemp_mc_delta, bitemp_reduce
 from .nfl_series import nfl_mc_delta, nfl_reduce
 from .registry import LossSpec, Param, Preset, SigmaKernel, Term, _logsumexp, lse_and_sum, register
 
@@ -254,6 +255,7 @@ bitemp = register(LossSpec(
     params=(Param("t1", 0.8, 0.0, 1.0, False, False, "t1 < 1: bounded loss"),
             Param("t2", 1.2, 1.0, 5.0, False, False, "t2 > 1: heavy-tailed softmax")),
     bounded=True, full=_bitemp_full, torch_name="bitemp",
+    mc_reduce=bitemp_reduce, mc_delta=bitemp_mc_delta,
     notes="No peer ships defaults; t1 = 0.8, t2 = 1.2 are this tool's choice.",
 ))
 
