@@ -153,7 +153,7 @@ class Averager:
         Monte Carlo settings (only losses whose δ_k depends on every σ_j use them).
     draw_budget:
         if given, at most about this many logits are drawn per K: ``samples`` vectors while
-        they fit, fewer (never below MIN_SAMPLES) at large K (see :meth:`samples_at`).
+        they fit, fewer (never below ``min_samples``) at large K (see :meth:`samples_at`).
     reduce:
         False evaluates whole logit vectors at every z_k even for losses that reduce a draw to
         a few numbers (the reference the reductions are measured against).
@@ -164,13 +164,15 @@ class Averager:
     """
 
     def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                 draw_budget: int | None = None, reduce: bool = True, device: str | None = None):
+                 draw_budget: int | None = None, min_samples: int = MIN_SAMPLES,
+                 reduce: bool = True, device: str | None = None):
         if samples < 16:
             raise UsageError(f"--samples must be at least 16, got {samples}")
         self.dist = dist
         self.samples = int(samples)
         self.seed = int(seed)
         self.draw_budget = draw_budget
+        self.min_samples = int(min_samples)
         self.reduce = bool(reduce)
         self.device = device
         self._torch = None
@@ -294,15 +296,18 @@ class Averager:
 
     def samples_at(self, classes: int) -> int:
         """Monte Carlo vectors drawn at K: ``samples``, or with a draw budget
-        min(samples, max(MIN_SAMPLES, budget // (K - 1))). The standard error of <δ_k> near
+        min(samples, max(min_samples, budget // (K - 1))). The standard error of <δ_k> near
         its peak falls faster than 1/√K (the control variates absorb the fluctuation of the
         sums over K - 1 logits), so fewer vectors at large K keep it far below that at small K."""
         if self.draw_budget is None:
             return self.samples
-        return min(self.samples, max(MIN_SAMPLES, self.draw_budget // max(classes - 1, 1)))
+        return min(self.samples, max(self.min_samples, self.draw_budget // max(classes - 1, 1)))
 
     def _chunks(self, classes: int):
         """Deterministic chunks of the other K - 1 logits (centred), common to all calls."""
+        return self._chunks_of(self.dist, classes)
+
+    def _chunks_of(self, dist, classes: int):
         n = classes - 1
         samples = self.samples_at(classes)
         total = samples * n
@@ -315,61 +320,97 @@ class Averager:
         for i, start in enumerate(range(0, samples, rows)):
             m = min(rows, samples - start)
             if self._torch is not None:
-                yield self._torch.sample(self.dist, (self.seed, classes, i), (m, n))
+                yield self._torch.sample(dist, (self.seed, classes, i), (m, n))
                 continue
             rng = np.random.default_rng([self.seed, classes, i])
-            yield self.dist.sample(rng, (m, n))
+            yield dist.sample(rng, (m, n))
 
-    def _per_sample(self, term: Term, classes: int, zk: float, slope: bool) -> np.ndarray:
-        key = (term.loss.name, tuple(sorted(term.params.items())), classes, zk, slope)
-        if key in self._mc_cache:
-            return self._mc_cache[key]
-        if slope:
-            h = 1e-4
-            out = (self._per_sample(term, classes, zk + h, False)
-                   - self._per_sample(term, classes, zk - h, False)) / (2 * h)
-        elif term.loss.mc_reduce is not None and self.reduce and (
-                out := term.loss.mc_delta(zk, self._reduced(classes, term.loss.mc_reduce),
-                                          classes, term.params)) is not None:
-            pass  # the reduction holds (mc_delta returns None where its error bound fails)
-        else:
+    def _per_sample(self, term: Term, classes: int, zs, slope: bool) -> np.ndarray:
+        """δ_k (or its slope) per draw at every z of ``zs``: [len(zs), samples], cached per z."""
+        name = (term.loss.name, tuple(sorted(term.params.items())), classes, slope)
+        zs = [float(z) for z in np.atleast_1d(zs)]
+        missing = [z for z in dict.fromkeys(zs) if (name, z) not in self._mc_cache]
+        if missing:
+            zm = np.array(missing)
+            if slope:
+                h = 1e-4
+                vals = (self._per_sample(term, classes, zm + h, False)
+                        - self._per_sample(term, classes, zm - h, False)) / (2 * h)
+            else:
+                vals = self._delta_draws(term, classes, zm)
+            if len(self._mc_cache) + len(missing) > 4096:
+                self._mc_cache.clear()
+            for z, v in zip(missing, vals):
+                self._mc_cache[(name, z)] = v
+        return np.stack([self._mc_cache[(name, z)] for z in zs])
+
+    def _delta_draws(self, term: Term, classes: int, zs: np.ndarray) -> np.ndarray:
+        """δ_k per draw at each z of ``zs`` ([len(zs), samples]): from the reduced draws where the
+        loss reduces them (``mc_delta`` takes z as a column [len(zs), 1] and returns None where
+        its error bound fails), else from whole logit vectors."""
+        if term.loss.mc_reduce is not None and self.reduce:
+            out = term.loss.mc_delta(zs[:, None], self._reduced(classes, term.loss.mc_reduce),
+                                     classes, term.params)
+            if out is not None:
+                return np.broadcast_to(out, (len(zs), np.shape(out)[-1]))
+        rows = []
+        for zk in zs:
             parts = []
             for c in self._chunks(classes):
                 if self._torch is not None:
-                    parts.append(self._torch.full_delta(term, zk, c))
+                    parts.append(self._torch.full_delta(term, float(zk), c))
                     continue
                 logits = np.empty((c.shape[0], classes))
                 logits[:, 0] = zk
                 logits[:, 1:] = c
                 parts.append(term.loss.full(logits, term.params))
-            out = np.concatenate(parts)
-        if len(self._mc_cache) > 4096:
-            self._mc_cache.clear()
-        self._mc_cache[key] = out
-        return out
+            rows.append(np.concatenate(parts))
+        return np.stack(rows)
 
     def _reduce_pass(self, classes: int, reducers) -> None:
         """Apply every reducer not yet cached to the common draws, in one pass over them
         (drawing K - 1 logits per sample costs more than any reduction)."""
+        work = self._pass_work(classes, reducers)
+        if work is None:
+            return
+        parts: dict = {f: [] for f in work[0]}
+        for c in self._chunks(classes):
+            self._apply(work[0], c, parts)
+        self._pass_store(classes, work, parts)
+
+    def _pass_work(self, classes: int, reducers):
+        """(reducers to run, {reducer: (runner, extract)} derived from others), or None.
+
+        A reducer may also deliver another's statistics (``provides``: {reducer: extract}),
+        e.g. NFL's pass yields ln Σ e^z and Σ z: then that one costs no pass of its own."""
         todo = [f for f in dict.fromkeys(reducers) if (f, classes) not in self._stats_cache]
         if not todo:
-            return
-        # a reducer may also deliver another's statistics (``provides``: {reducer: extract}),
-        # e.g. NFL's pass yields ln Σ e^z and Σ z: then that one costs no pass of its own
+            return None
         derived = {}
         for f in todo:
             for g, extract in getattr(f, "provides", {}).items():
                 if g in todo and g not in derived and not getattr(g, "provides", None):
                     derived[g] = (f, extract)
-        run = [f for f in todo if f not in derived]
-        parts: dict = {f: [] for f in run}
-        for c in self._chunks(classes):
-            for f in run:
-                parts[f].append(f(c) if self._torch is None else self._torch.reduce(f, c))
+        return [f for f in todo if f not in derived], derived
+
+    def _apply(self, run, chunk, parts) -> None:
+        for f in run:
+            parts[f].append(f(chunk) if self._torch is None else self._torch.reduce(f, chunk))
+
+    def _pass_store(self, classes: int, work, parts) -> None:
+        run, derived = work
         for f in run:  # a reducer may return its own type, joined by its ``concat``
             self._stats_cache[(f, classes)] = getattr(f, "concat", np.concatenate)(parts[f])
         for g, (f, extract) in derived.items():
             self._stats_cache[(g, classes)] = extract(self._stats_cache[(f, classes)])
+
+    def drop(self, classes: int) -> None:
+        """Forget the reduced draws and per-draw values at K (bounded memory over many K)."""
+        for key in [k for k in self._stats_cache if k[1] == classes]:
+            del self._stats_cache[key]
+        self._cv_cache.pop(classes, None)
+        for key in [k for k in self._mc_cache if k[0][2] == classes]:
+            del self._mc_cache[key]
 
     def _reduced(self, classes: int, reducer) -> np.ndarray:
         """``reducer(draws)`` per sample, cached per (reducer, K)."""
@@ -391,15 +432,36 @@ class Averager:
                                                     if t.loss.mc_reduce is not None and self.reduce])
         X = self._control_variates(classes)
         Xc = X - X.mean(axis=0)
-        mean = np.empty_like(z)
-        se = np.empty_like(z)
-        for i, zk in enumerate(z):
-            total = sum(t.weight * self._per_sample(t, classes, float(zk), slope) for t in terms)
-            beta, *_ = np.linalg.lstsq(Xc, total - total.mean(), rcond=None)
-            adjusted = total - X @ beta
-            mean[i] = adjusted.mean()
-            se[i] = adjusted.std(ddof=1 + X.shape[1]) / math.sqrt(total.size)
-        return mean, se
+        total = sum(t.weight * self._per_sample(t, classes, z, slope) for t in terms)  # [z, draw]
+        beta, *_ = np.linalg.lstsq(Xc, (total - total.mean(axis=1, keepdims=True)).T, rcond=None)
+        adjusted = total - (X @ beta).T
+        se = adjusted.std(axis=1, ddof=1 + X.shape[1]) / math.sqrt(total.shape[1])
+        return adjusted.mean(axis=1), se
+
+
+def share_draws(averagers: list[Averager], classes: int, reducers) -> None:
+    """The per-K reduction pass of several Averagers over one set of draws: Gaussians with the
+    same seed and samples (NumPy) draw std × the same standard normals, so drawing those once
+    gives each Averager, bit for bit, what its own pass would (tables: six stds, one draw)."""
+    from .logits import Gaussian
+
+    first = averagers[0]
+    if not all(isinstance(a.dist, Gaussian) and a._torch is None and a.seed == first.seed
+               and a.samples_at(classes) == first.samples_at(classes) for a in averagers):
+        for a in averagers:
+            a._reduce_pass(classes, reducers)
+        return
+    works = [(a, a._pass_work(classes, reducers)) for a in averagers]
+    works = [(a, w) for a, w in works if w is not None]
+    if not works:
+        return
+    parts = [{f: [] for f in w[0]} for _, w in works]
+    unit = Gaussian(0.0, 1.0)
+    for base in first._chunks_of(unit, classes):
+        for (a, w), p in zip(works, parts):
+            a._apply(w[0], base * a.dist.std, p)  # = a.dist.sample(rng, shape), same rng
+    for (a, w), p in zip(works, parts):
+        a._pass_store(classes, w, p)
 
 
 def default_samples(*specs: LossSpec) -> int:

@@ -244,7 +244,7 @@ def test_torch_device_epsilon_within_errors(loss):
     logits[:, 1:] = draws
     for term in spec.terms(params):
         if term.loss.sigma is None:
-            np.testing.assert_allclose(av._per_sample(term, 50, 2.0, False),
+            np.testing.assert_allclose(av._per_sample(term, 50, [2.0], False)[0],
                                        term.loss.full(logits, term.params), rtol=1e-10)
 
 

@@ -49,7 +49,9 @@ RHO_FREE = 0.1  # … unless below RHO_FREE·e·ln n, where ρ ≤ 0.1 for every
 WIDTH_CAP = 64  # explicit classes per draw at most (the largest |d| beyond)
 MOMENT_CAP = 48  # moments stored per draw at most
 STORED_T2 = 1.1  # the stored moments reach TOL for every t2 ≥ this at t1 ≥ 0 (if they can)
-BLOCK = 1 << 16
+BLOCK = 1 << 16  # logits per block of rows
+SLAB = 4096  # moments: long rows are cut into slabs of this many columns …
+SLAB_BLOCK = 1 << 14  # … processed this many logits at a time
 _BASE = 6  # moments from powers d^0…d^5 times d^0, d^6, d^12, …: one batched matmul
 
 
@@ -147,7 +149,7 @@ class BiTempReduce:
                            RHO_FREE * math.e * math.log(n))
         explicit, h = _split(d, absd, kappa)
         P = moments_needed(float(h.max()), n)
-        return BiTempDraws(mean, explicit, dmax, h, _moments(d, absd, kappa, h, P), n)
+        return BiTempDraws(mean, explicit, dmax, h, _moments(d, absd, h, P), n)
 
     @staticmethod
     def concat(parts: list[BiTempDraws]) -> BiTempDraws:
@@ -188,37 +190,53 @@ def _split(d, absd, kappa):
     return explicit, np.maximum(absd.max(axis=1), 0.0)
 
 
-def _moments(d, absd, kappa, h, P):
-    """m[:, n] = Σ_R (d_j/h)^n for n < P (R: entries of ``absd`` not marked -1)."""
+def _moments(d, absd, h, P):
+    """m[:, n] = Σ_R (d_j/h)^n for n < P (R: entries of ``absd`` not marked -1).
+
+    Long rows are cut into slabs of SLAB columns (moments add up), and slabs are processed a
+    few at a time, so that the powers stay in cache."""
     m, n = d.shape
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(absd >= 0, d / np.where(h > 0, h, 1.0)[:, None], np.nan)
-    live = ~np.isnan(x)
-    x = np.where(live, x, 0.0)
+    live = absd >= 0
+    x = np.where(live, d * (1.0 / np.where(h > 0, h, 1.0))[:, None], 0.0)
+    if n > SLAB:
+        pad = (-n) % SLAB
+        x = np.pad(x, ((0, 0), (0, pad))).reshape(-1, SLAB)
+        live = np.pad(live, ((0, 0), (0, pad))).reshape(-1, SLAB)
+    rows = max(1, SLAB_BLOCK // x.shape[1])
+    out = np.concatenate([_moments_rows(x[i:i + rows], live[i:i + rows], P)
+                          for i in range(0, x.shape[0], rows)])
+    return out.reshape(m, -1, P).sum(axis=1) if n > SLAB else out
+
+
+def _moments_rows(x, live, P):
+    """Σ_j x^n per row (n < P): powers x^0…x^5 and x^0, x^6, x^12, … multiplied in one batched
+    matmul, Σ_j x^{6g+b} = Σ_j (x^6)^g x^b."""
+    m, n = x.shape
     groups = -(-P // _BASE)
     low = np.empty((m, _BASE, n))
     low[:, 0] = live
     low[:, 1] = x
     for b in range(2, _BASE):
-        low[:, b] = low[:, b - 1] * x
+        np.multiply(low[:, b - 1], x, out=low[:, b])
     high = np.empty((m, groups, n))
     high[:, 0] = 1.0
     if groups > 1:
-        high[:, 1] = low[:, _BASE - 1] * x
+        np.multiply(low[:, _BASE - 1], x, out=high[:, 1])
         for g in range(2, groups):
-            high[:, g] = high[:, g - 1] * high[:, 1]
-    out = np.matmul(high, low.transpose(0, 2, 1)).reshape(m, groups * _BASE)
-    return out[:, :P]
+            np.multiply(high[:, g - 1], high[:, 1], out=high[:, g])
+    return np.matmul(high, low.transpose(0, 2, 1)).reshape(m, groups * _BASE)[:, :P]
 
 
 bitemp_reduce = BiTempReduce()
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Plan:
     """What one (t1, t2) needs of the reduced draws, computed once: per α the masked
     coefficient·moment rows C (and C·(s + n) for the derivative), the bounds η_α, and y of the
-    other classes alone (p_k = 0), below the root for every z_k (Newton's start)."""
+    other classes alone (p_k = 0), below the root for every z_k (Newton's start). The roots y
+    found so far (``solved_z``, ``solved_y``) start later solves: y grows with z_k in every draw,
+    so the root at a smaller z_k is below the root at a larger one."""
 
     c: float
     s: tuple
@@ -226,6 +244,23 @@ class _Plan:
     D: tuple
     eta: tuple
     y_others: np.ndarray
+    solved_z: np.ndarray = field(default_factory=lambda: np.empty(0))
+    solved_y: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+
+    def start(self, z: np.ndarray) -> np.ndarray:
+        """The largest known root at or below each z (y_others where none): [len(z), draws]."""
+        if not len(self.solved_z):
+            return np.broadcast_to(self.y_others, (len(z), len(self.y_others)))
+        i = np.searchsorted(self.solved_z, z, side="right") - 1
+        return np.where((i >= 0)[:, None], self.solved_y[np.maximum(i, 0)], self.y_others)
+
+    def remember(self, z: np.ndarray, y: np.ndarray) -> None:
+        if len(self.solved_z) > 256:
+            self.solved_z, self.solved_y = np.empty(0), np.empty((0, y.shape[1]))
+        zs = np.concatenate([self.solved_z, z])
+        ys = np.concatenate([self.solved_y.reshape(-1, y.shape[1]), y])
+        order = np.argsort(zs, kind="stable")
+        self.solved_z, self.solved_y = zs[order], ys[order]
 
 
 def _plan(st: BiTempDraws, t1: float, t2: float) -> _Plan | None:
@@ -245,10 +280,11 @@ def _plan(st: BiTempDraws, t1: float, t2: float) -> _Plan | None:
         if np.any(N < 0) or np.any(N > powers - 1):
             st.plans[key] = None
             return None
-        C = np.where(n <= N[:, None], _rising_over_factorial(s, m.shape[1]) * m, 0.0)
+        top = int(N.max()) + 1
+        C = np.where(n[:top] <= N[:, None], _rising_over_factorial(s, top) * m[:, :top], 0.0)
         ss.append(s)
         Cs.append(C)
-        Ds.append(C * (s + n))
+        Ds.append(C * (s + n[:top]))
         etas.append(eta)
     plan = _Plan(c, tuple(ss), tuple(Cs), tuple(Ds), tuple(etas), np.empty(0))
     # the other classes alone: S_1(y) = 1 from y_lb ≤ root (convex decreasing: monotone Newton)
@@ -268,33 +304,36 @@ def _sums(st: BiTempDraws, plan: _Plan, y: np.ndarray, k: int):
     """S_α(y) = Σ_{j≠k} p_j^α and dS_α/dy (α the k-th of 1, t2, 1 + t2 - t1)."""
     s, c = plan.s[k], plan.c
     P = plan.C[k].shape[1]
-    T = np.empty((len(y), P))
-    T[:, 0] = 1.0
+    T = np.empty(y.shape + (P,))
+    T[..., 0] = 1.0
     if P > 1:
-        T[:, 1:] = (st.h / y)[:, None]
-        np.cumprod(T, axis=1, out=T)
-    log_cy = np.log(c * y)
-    cy = np.exp(-s * log_cy)
-    val = cy * np.einsum("ij,ij->i", plan.C[k], T)
-    der = -cy * np.einsum("ij,ij->i", plan.D[k], T) / y
+        T[..., 1:] = (st.h / y)[..., None]
+        np.cumprod(T, axis=-1, out=T)
+    cy = np.exp(-s * np.log(c * y))
+    val = cy * np.einsum("...mn,mn->...m", T, plan.C[k])
+    der = -cy * np.einsum("...mn,mn->...m", T, plan.D[k]) / y
     if st.explicit.shape[1]:
-        L = np.log(c * (y[:, None] - st.explicit))  # +inf for the -inf padding: adds 0
-        val = val + np.exp(-s * L).sum(axis=1)
-        der = der - s * c * np.exp(-(s + 1.0) * L).sum(axis=1)
+        L = np.log(c * (y[..., None] - st.explicit))  # +inf for the -inf padding: adds 0
+        val = val + np.exp(-s * L).sum(axis=-1)
+        der = der - s * c * np.exp(-(s + 1.0) * L).sum(axis=-1)
     return val, der
 
 
-def bitemp_series_delta(zk: float, st: BiTempDraws, t1: float, t2: float):
-    """(δ_k per draw, first-order bound on its truncation error), or None (whole vectors)."""
+def bitemp_series_delta(zk, st: BiTempDraws, t1: float, t2: float):
+    """(δ_k per draw, first-order bound on its truncation error), or None (whole vectors).
+
+    ``zk`` a number, or a column [n_z, 1] for several z_k at once (results [n_z, draws])."""
     if t2 <= 1.0:
         return None
     plan = _plan(st, float(t1), float(t2))
     if plan is None:
         return None
     beta = 1.0 / plan.c
-    dk = zk - st.mean
+    column = np.ndim(zk) == 2
+    zcol = np.asarray(zk, dtype=float).reshape(-1, 1)
+    dk = zcol - st.mean
     # λ: p_k(y) + S_1(y) = 1, convex decreasing in y; Newton from y0 ≤ root increases to it
-    y = np.maximum(plan.y_others, dk + beta)
+    y = np.maximum(plan.start(zcol[:, 0]), dk + beta)
     for _ in range(200):
         pk = (plan.c * (y - dk)) ** (-beta)
         S1, dS1 = _sums(st, plan, y, 0)
@@ -302,6 +341,7 @@ def bitemp_series_delta(zk: float, st: BiTempDraws, t1: float, t2: float):
         y = y - step
         if np.all(np.abs(step) <= 1e-14 * y):
             break
+    plan.remember(zcol[:, 0], y)
     pk = (plan.c * (y - dk)) ** (-beta)
     S1, dS1 = _sums(st, plan, y, 0)
     St, dSt = _sums(st, plan, y, 1)
@@ -320,9 +360,11 @@ def bitemp_series_delta(zk: float, st: BiTempDraws, t1: float, t2: float):
     dy = plan.eta[0] * S1 / np.abs(dS1 + pk * dlog)
     bound = (np.abs(d_dy) * dy + np.abs(Ek * U / (W * W)) * plan.eta[1] * St
              + np.abs(Ek / W) * plan.eta[2] * Su)
+    if not column:
+        delta, bound = delta.reshape(np.shape(zk) + (-1,)), bound.reshape(np.shape(zk) + (-1,))
     return delta, bound
 
 
 def bitemp_mc_delta(zk, stats: BiTempDraws, K, P):
-    out = bitemp_series_delta(float(zk), stats, float(P["t1"]), float(P["t2"]))
+    out = bitemp_series_delta(zk, stats, float(P["t1"]), float(P["t2"]))
     return None if out is None else out[0]

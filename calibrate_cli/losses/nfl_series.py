@@ -49,7 +49,7 @@ vectors instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -73,6 +73,7 @@ class NFLDraws:
     r: np.ndarray
     a: np.ndarray
     b: np.ndarray
+    plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -216,12 +217,39 @@ def series_orders(r: np.ndarray, powers: np.ndarray, gamma: float, detach: bool)
     return N, eta[np.arange(len(r)), N]
 
 
-def nfl_series_delta(zk: float, s: NFLDraws, gamma: float, detach: bool):
-    """(δ_k per draw, bound on its truncation error per draw), or None when the bound fails."""
-    order = series_orders(s.r, np.isfinite(s.a).sum(axis=1), gamma, detach)
-    if order is None:
+def _plan(s: NFLDraws, gamma: float, detach: bool):
+    """Per (γ, detach), once per reduced draws: η per draw and the power sums weighted by the
+    binomial coefficients, zero beyond each draw's order (None where the bound fails)."""
+    key = (gamma, detach)
+    if key not in s.plans:
+        order = series_orders(s.r, np.isfinite(s.a).sum(axis=1), gamma, detach)
+        if order is None:
+            s.plans[key] = None
+        else:
+            N, eta = order
+            top = int(N.max())
+            use = np.arange(top + 1) <= N[:, None]
+            c = _binomials(gamma, top + 1)
+            ca = np.where(use, c * s.a[:, :top + 1], 0.0)
+            cb = np.where(use, c * s.b[:, :top + 1], 0.0)
+            if detach or gamma == 0.0:
+                da = db = None
+            else:
+                d = _binomials(gamma - 1.0, top + 1)
+                da = np.where(use, d * s.a[:, 1:top + 2], 0.0)
+                db = np.where(use, d * s.b[:, 1:top + 2], 0.0)
+            s.plans[key] = (eta, ca, cb, da, db)
+    return s.plans[key]
+
+
+def nfl_series_delta(zk, s: NFLDraws, gamma: float, detach: bool):
+    """(δ_k per draw, bound on its truncation error per draw), or None when the bound fails.
+
+    ``zk`` a number, or a column [n_z, 1] for several z_k at once (results [n_z, draws])."""
+    plan = _plan(s, float(gamma), bool(detach))
+    if plan is None:
         return None
-    N, eta = order
+    eta, ca, cb, da, db = plan
     x = zk - s.lse
     log_p = -np.logaddexp(0.0, -x)
     log_q = -np.logaddexp(0.0, x)
@@ -238,35 +266,32 @@ def nfl_series_delta(zk: float, s: NFLDraws, gamma: float, detach: bool):
             ratio = np.where(q > 0, log_p / q, -1.0)  # (ln p)/(1-p) -> -1 as p -> 1
         g_k = qg * (gamma * p * ratio - 1.0)
 
-    # explicit other classes
+    # explicit other classes (-inf padding: σ = 0, masked)
     D = fl_k.copy()
     G = g_k.copy()
     if s.explicit.shape[1]:
         live = np.isfinite(s.explicit)
-        sj = np.where(live, s.explicit, 0.0) + log_q[:, None]
+        sj = np.where(live, s.explicit, 0.0) + log_q[..., None]
         om = -np.expm1(sj)
         w = np.where(live, om ** gamma, 0.0)
-        D += np.sum(-w * sj, axis=1)
+        D += np.sum(-w * sj, axis=-1)
         if detach:
-            G += np.sum(-w, axis=1)
+            G += np.sum(-w, axis=-1)
         else:
-            G += np.sum(w * (gamma * np.exp(sj) * sj / om - 1.0), axis=1)
+            G += np.sum(w * (gamma * np.exp(sj) * sj / om - 1.0), axis=-1)
 
-    # the rest: power series in σ_j = q π_j, draw i to order N_i
-    top = int(N.max())
-    n = np.arange(top + 1)
-    use = n <= N[:, None]
-    mq = np.where(use, (-q[:, None]) ** n, 0.0)
-    a0, b0 = np.where(use, s.a[:, :top + 1], 0.0), np.where(use, s.b[:, :top + 1], 0.0)
-    cm = mq * _binomials(gamma, top + 1)
-    W = (cm * a0).sum(axis=1)  # Σ_R (1-σ)^γ
-    D_R = -(cm * (b0 + log_q[:, None] * a0)).sum(axis=1)  # -Σ_R (1-σ)^γ ln σ
-    if detach or gamma == 0.0:
+    # the rest: power series in σ_j = q π_j (coefficients zero beyond each draw's order)
+    Q = np.empty(q.shape + (ca.shape[1],))
+    Q[..., 0] = 1.0
+    Q[..., 1:] = -q[..., None]
+    np.cumprod(Q, axis=-1, out=Q)  # (-q)^n
+    W = np.einsum("...mn,mn->...m", Q, ca)  # Σ_R (1-σ)^γ
+    D_R = -np.einsum("...mn,mn->...m", Q, cb) - log_q * W  # -Σ_R (1-σ)^γ ln σ
+    if da is None:
         G_R = -W
     else:
-        a1, b1 = np.where(use, s.a[:, 1:top + 2], 0.0), np.where(use, s.b[:, 1:top + 2], 0.0)
-        dm = mq * q[:, None] * _binomials(gamma - 1.0, top + 1)
-        G_R = gamma * (dm * (b1 + log_q[:, None] * a1)).sum(axis=1) - W
+        V = q * (np.einsum("...mn,mn->...m", Q, db) + log_q * np.einsum("...mn,mn->...m", Q, da))
+        G_R = gamma * V - W
     D += D_R
     G += G_R
     delta = ((1.0 - p) * g_k * D - fl_k * (g_k - p * G)) / (D * D)
@@ -279,5 +304,5 @@ def nfl_series_delta(zk: float, s: NFLDraws, gamma: float, detach: bool):
 
 def nfl_mc_delta(zk, stats: NFLDraws, K, P):
     """``mc_delta`` of NFL: δ_k per draw from the reduced draws, None where the bound fails."""
-    out = nfl_series_delta(float(zk), stats, float(P["gamma"]), bool(P["detach"]))
+    out = nfl_series_delta(zk, stats, float(P["gamma"]), bool(P["detach"]))
     return None if out is None else out[0]
