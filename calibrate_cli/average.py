@@ -349,7 +349,7 @@ class Averager:
         loss reduces them (``mc_delta`` takes z as a column [len(zs), 1] and returns None where
         its error bound fails), else from whole logit vectors."""
         if term.loss.mc_reduce is not None and self.reduce:
-            out = term.loss.mc_delta(zs[:, None], self._reduced(classes, term.loss.mc_reduce),
+            out = term.loss.mc_delta(zs[:, None], self._reduced(classes, reducer_of(term)),
                                      classes, term.params)
             if out is not None:
                 return np.broadcast_to(out, (len(zs), np.shape(out)[-1]))
@@ -409,6 +409,7 @@ class Averager:
         for key in [k for k in self._stats_cache if k[1] == classes]:
             del self._stats_cache[key]
         self._cv_cache.pop(classes, None)
+        self._cv_cache.pop((classes, "pinv"), None)
         for key in [k for k in self._mc_cache if k[0][2] == classes]:
             del self._mc_cache[key]
 
@@ -428,15 +429,23 @@ class Averager:
 
     def _monte_carlo(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
         """Sample mean with control variates: δ_i - β·X_i, β fitted by least squares."""
-        self._reduce_pass(classes, [lse_and_sum] + [t.loss.mc_reduce for t in terms
+        self._reduce_pass(classes, [lse_and_sum] + [reducer_of(t) for t in terms
                                                     if t.loss.mc_reduce is not None and self.reduce])
         X = self._control_variates(classes)
-        Xc = X - X.mean(axis=0)
+        if (classes, "pinv") not in self._cv_cache:  # least squares of any δ on X: pinv once per K
+            self._cv_cache[(classes, "pinv")] = np.linalg.pinv(X - X.mean(axis=0))
         total = sum(t.weight * self._per_sample(t, classes, z, slope) for t in terms)  # [z, draw]
-        beta, *_ = np.linalg.lstsq(Xc, (total - total.mean(axis=1, keepdims=True)).T, rcond=None)
+        beta = self._cv_cache[(classes, "pinv")] @ (total - total.mean(axis=1, keepdims=True)).T
         adjusted = total - (X @ beta).T
         se = adjusted.std(axis=1, ddof=1 + X.shape[1]) / math.sqrt(total.shape[1])
         return adjusted.mean(axis=1), se
+
+
+def reducer_of(term: Term):
+    """The reducer of a Monte Carlo term: its loss's ``mc_reduce``, specialised to the term's
+    parameters where the reducer offers that (``for_params``: e.g. how many moments to store)."""
+    red = term.loss.mc_reduce
+    return red.for_params(term.params) if hasattr(red, "for_params") else red
 
 
 def share_draws(averagers: list[Averager], classes: int, reducers) -> None:

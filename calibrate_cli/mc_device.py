@@ -161,7 +161,7 @@ def nfl_reduce_torch(z):
     return NFLDraws(_np(lse), _np(z.sum(dim=1)), _np(explicit), _np(r), _np(a), _np(b))
 
 
-def bitemp_reduce_torch(z):
+def bitemp_reduce_torch(z, t2_min: float, t1_min: float):
     """:class:`~calibrate_cli.losses.bitemp_series.BiTempReduce` on a torch tensor."""
     import math
 
@@ -193,7 +193,7 @@ def bitemp_reduce_torch(z):
         explicit = torch.empty((m, 0), dtype=z.dtype, device=z.device)
         live = torch.ones_like(d, dtype=torch.bool)
     h = torch.where(live, absd, torch.zeros_like(absd)).max(dim=1).values
-    P = moments_needed(float(h.max()), n)
+    P = moments_needed(float(h.max()), n, t2_min, t1_min)
     x = torch.where(live, d / torch.where(h > 0, h, torch.ones_like(h))[:, None],
                     torch.zeros_like(d))
     mom = torch.empty((m, P), dtype=z.dtype, device=z.device)

@@ -339,7 +339,7 @@ def build_table(name: str, *, quick: bool = False, jobs: int = 1, progress=None)
         raise UsageError(f"unknown table '{name}' (known: {', '.join(TABLE_NAMES)})")
     t0 = time.perf_counter()
     inputs = ROWS[name](quick)
-    rows = run_rows(name, inputs, jobs, progress, class_grid())
+    rows = run_rows(name, inputs, jobs, progress)
     return Table(name, TITLES[name], _header(name, quick, time.perf_counter() - t0),
                  COLUMNS[name], rows)
 

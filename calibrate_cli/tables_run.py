@@ -88,22 +88,24 @@ def _reducible_mc(loss: str) -> bool:
     return not spec.sigma_only and spec.reducible
 
 
-def _group_key(row, grid_index):
-    if row.get("samples") and _reducible_mc(row["loss"]):
-        return ("mc", row["samples"], row.get("seed"), grid_index[row["classes"]] % MC_GROUPS)
-    if row.get("samples"):  # a Monte Carlo loss without reduction: its own draws
-        return (row["logit_std"], row["samples"], row.get("seed"), row["loss"])
+def _group_key(name, row, k_index):
+    if name == "epsilon" and row.get("samples") and _reducible_mc(row["loss"]):
+        return ("mc", row["samples"], row.get("seed"), k_index[row["classes"]] % MC_GROUPS)
+    if row.get("samples"):  # one Averager (one set of draws per K) per std for reducible losses
+        share = "reducible" if _reducible_mc(row["loss"]) else row["loss"]
+        return (row["logit_std"], row["samples"], row.get("seed"), share)
     return (row["logit_std"], None, None)
 
 
 def _reducers(rows):
-    from .losses import get_loss, resolve_params
+    from .average import reducer_of
+    from .losses import get_loss
     from .losses.registry import lse_and_sum
+    from .tables import parse_params
 
     out = [lse_and_sum]
-    for loss in dict.fromkeys(r["loss"] for r in rows):
-        spec = get_loss(loss)
-        out += [t.loss.mc_reduce for t in spec.terms(resolve_params(spec))
+    for loss, params in dict.fromkeys((r["loss"], r["params"]) for r in rows):
+        out += [reducer_of(t) for t in get_loss(loss).terms(parse_params(params))
                 if t.loss.mc_reduce is not None]
     return list(dict.fromkeys(out))
 
@@ -140,12 +142,12 @@ def run_group(args):
     return out
 
 
-def run_rows(name, inputs, jobs, progress, grid):
+def run_rows(name, inputs, jobs, progress):
     """All rows of a table, in their order; ``jobs`` worker processes."""
-    grid_index = {k: i for i, k in enumerate(grid)}
+    k_index = {k: i for i, k in enumerate(sorted({r["classes"] for r in inputs}))}
     groups: dict = {}
     for i, r in enumerate(inputs):
-        groups.setdefault(_group_key(r, grid_index), []).append((i, r))
+        groups.setdefault(_group_key(name, r, k_index), []).append((i, r))
     work = [(name, [r for _, r in g]) for g in groups.values()]
     order = [[i for i, _ in g] for g in groups.values()]
     # the costly groups first, so that the pool stays busy

@@ -22,7 +22,7 @@ from calibrate_cli.losses.registry import lse_and_sum
 from calibrate_cli.solve import solve_epsilon
 
 NFL_PARAMS = [(0.5, 0), (0.5, 1), (0.0, 0), (1.3, 0), (2.0, 0), (2.7, 1)]
-BITEMP_PARAMS = [(0.8, 1.2), (0.5, 1.5), (1.0, 3.0), (0.2, 5.0)]
+BITEMP_PARAMS = [(0.8, 1.2), (0.5, 1.5), (1.0, 3.0), (0.2, 5.0), (0.8, 1.05), (0.0, 1.1)]
 STDS = (0.1, 0.5, 2.0)
 
 
@@ -82,12 +82,16 @@ def test_nfl_series_is_the_whole_vector_delta(K):
 
 @pytest.mark.parametrize("K", [2, 10, 100, 1000, 10_000])
 def test_bitemp_series_is_the_whole_vector_delta(K):
-    """The same for biTemp (t2 from 1.2 to 5) through the series for the tempered normaliser."""
+    """The same for biTemp (t2 from 1.05 to 5; the moments stored for each parameter's level)
+    through the series for the tempered normaliser. t2 ≤ 1.1 with std 2 falls back to whole
+    vectors at K ≥ 100 (too many moments), which the fallback test covers."""
     spec = get_loss("bitemp")
     for std in STDS:
         z = _draws(K, std)
-        stats = bitemp_reduce(z)
         for t1, t2 in BITEMP_PARAMS:
+            if t2 < 1.2 and std > 1 and K >= 100:
+                continue
+            stats = bitemp_reduce.for_params({"t1": t1, "t2": t2})(z)
             res = _compare(lambda zk, _: bitemp_series_delta(zk, stats, t1, t2), spec,
                            {"t1": t1, "t2": t2}, K, std)
             assert res is not None, (K, std, t1, t2)
@@ -115,6 +119,7 @@ def test_truncation_bounds_are_not_vacuous():
     ("nfl", {"gamma": 60.5, "detach": 0.0}, 0.5),  # binomial coefficients too large for the bound
     ("bitemp", {"t1": 0.8, "t2": 1.0}, 0.5),  # t2 = 1: no tempered series
     ("bitemp", {"t1": 0.8, "t2": 1.2}, 10.0),  # logits too wide for the stored moments
+    ("bitemp", {"t1": 0.0, "t2": 1.1}, 2.0),  # t2 near 1 and wide logits: too many moments
 ])
 def test_whole_vectors_where_the_bound_fails(loss, params, std):
     """The reduction declines (mc_delta returns None) and the engine evaluates whole vectors:
@@ -123,12 +128,33 @@ def test_whole_vectors_where_the_bound_fails(loss, params, std):
     K = 100
     dist = Gaussian(0.0, std)
     av = Averager(dist, samples=64, seed=2)
-    stats = av._reduced(K, spec.mc_reduce)
+    from calibrate_cli.average import reducer_of
+
+    (term,) = spec.terms(params)
+    stats = av._reduced(K, reducer_of(term))
     assert spec.mc_delta(3.0, stats, K, params) is None
     z = [0.0, 3.0, 6.0]
     got = av.mean_delta(spec, params, K, z)
     ref = Averager(dist, samples=64, seed=2, reduce=False).mean_delta(spec, params, K, z)
     np.testing.assert_array_equal(got.value, ref.value)
+
+
+def test_bitemp_parameters_below_the_default_level_get_their_own_moments():
+    """t2 = 1.05 needs more moments than the default level stores: the engine reduces the same
+    draws once more for that level and still equals whole vectors on those draws."""
+    from calibrate_cli.average import reducer_of
+
+    spec = get_loss("bitemp")
+    dist = Gaussian(0.0, 0.5)
+    av = Averager(dist, samples=128, seed=6)
+    z = [0.0, 4.0, 8.0]
+    for params in ({"t1": 0.8, "t2": 1.2}, {"t1": 0.8, "t2": 1.05}):
+        got = av.mean_delta(spec, params, 1000, z)
+        ref = Averager(dist, samples=128, seed=6, reduce=False).mean_delta(spec, params, 1000, z)
+        np.testing.assert_allclose(got.value, ref.value, rtol=1e-9)
+    levels = {reducer_of(t) for p in ({"t1": 0.8, "t2": 1.2}, {"t1": 0.8, "t2": 1.05})
+              for t in spec.terms(p)}
+    assert len(levels) == 2 and all((r, 1000) in av._stats_cache for r in levels)
 
 
 # ------------------------------------------- ε against the whole vectors
@@ -221,7 +247,7 @@ def test_torch_reductions_equal_numpy_on_the_same_draws():
             b = nfl_series_delta(zk, nfl_reduce_torch(t), 0.5, False)[0]
             np.testing.assert_allclose(b, a, rtol=1e-12)
             a = bitemp_series_delta(zk, bitemp_reduce(z), 0.8, 1.2)[0]
-            b = bitemp_series_delta(zk, bitemp_reduce_torch(t), 0.8, 1.2)[0]
+            b = bitemp_series_delta(zk, bitemp_reduce_torch(t, 1.2, 0.8), 0.8, 1.2)[0]
             np.testing.assert_allclose(b, a, rtol=1e-12)
 
 

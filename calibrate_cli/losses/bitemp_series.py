@@ -48,7 +48,7 @@ EXPECTED_EXPLICIT = 8.0  # κ: the |d| a Gaussian of the draw's spread exceeds t
 RHO_FREE = 0.1  # … unless below RHO_FREE·e·ln n, where ρ ≤ 0.1 for every t2 (y ≥ e ln n)
 WIDTH_CAP = 64  # explicit classes per draw at most (the largest |d| beyond)
 MOMENT_CAP = 48  # moments stored per draw at most
-STORED_T2 = 1.1  # the stored moments reach TOL for every t2 ≥ this at t1 ≥ 0 (if they can)
+STORED_T2 = 1.1  # moments_needed's default coverage: every t2 ≥ this at t1 ≥ 0 (if it can)
 BLOCK = 1 << 16  # logits per block of rows
 SLAB = 4096  # moments: long rows are cut into slabs of this many columns …
 SLAB_BLOCK = 1 << 14  # … processed this many logits at a time
@@ -103,36 +103,54 @@ def _y_lower(n: int, c: float, dmax: np.ndarray) -> np.ndarray:
     return np.maximum(n ** c / c, dmax + 1.0 / c)
 
 
-def moments_needed(h: float, n: int) -> int:
-    """Moments to store for a block whose largest h is ``h``: enough for every t2 ≥ STORED_T2
-    (t1 ≥ 0) where that is possible at all (else MOMENT_CAP). h is rounded up to 2^(1/16)."""
+def moments_needed(h: float, n: int, t2_min: float = STORED_T2, t1_min: float = 0.0) -> int:
+    """Moments to store for a block whose largest h is ``h``: enough for every t2 ≥ t2_min and
+    t1 ≥ t1_min where that is possible at all (else MOMENT_CAP). h is rounded up to 2^(1/16)."""
     if h <= 0.0:
         return 1
-    return _moments_needed(math.ceil(16 * math.log2(h)), n)
+    return _moments_needed(math.ceil(16 * math.log2(h)), n, t2_min, t1_min)
 
 
 @lru_cache(maxsize=4096)
-def _moments_needed(h16: int, n: int) -> int:
+def _moments_needed(h16: int, n: int, t2_min: float, t1_min: float) -> int:
     h = 2.0 ** (h16 / 16)
     need = 1
-    for t2 in (STORED_T2, 1.15, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0):
+    for t2 in sorted({t2_min, *(t for t in (1.15, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0) if t > t2_min)}):
         c = t2 - 1.0
         rho = np.array([h / (n ** c / c)])
-        N, _ = _order_for(rho, (2.0 + c) / c, MOMENT_CAP - 1)
+        N, _ = _order_for(rho, (2.0 - t1_min + c) / c, MOMENT_CAP - 1)
         need = max(need, int(N[0]) + 1 if N[0] >= 0 else MOMENT_CAP)
     return min(need, MOMENT_CAP)
 
 
+#: coverage levels (t2_min, t1_min) of the stored moments: a loss's parameters pick the highest
+#: level at or below them, so the default (0.8, 1.2) stores no more than it needs, and t2 down
+#: to 1.02 still finds its moments (a separate pass over the same draws).
+T2_LEVELS = (1.02, 1.05, 1.1, 1.2)
+T1_LEVELS = (0.0, 0.5, 0.8)
+
+
 class BiTempReduce:
-    """``reducer(draws[m, K-1]) -> BiTempDraws`` (NumPy; torch tensors via mc_device)."""
+    """``reducer(draws[m, K-1]) -> BiTempDraws`` (NumPy; torch tensors via mc_device), storing
+    the moments that parameters t2 ≥ t2_min, t1 ≥ t1_min need."""
 
     accepts_torch = True  # torch tensors are reduced on their device (mc_device.py)
+
+    def __init__(self, t2_min: float = T2_LEVELS[-1], t1_min: float = T1_LEVELS[-1]):
+        self.t2_min, self.t1_min = t2_min, t1_min
+
+    def for_params(self, P) -> "BiTempReduce":
+        """The reducer whose stored moments cover these parameters (one instance per level, so
+        that draws are reduced once per level and K)."""
+        t2 = max([t for t in T2_LEVELS if t <= P["t2"]], default=T2_LEVELS[0])
+        t1 = max([t for t in T1_LEVELS if t <= P["t1"]], default=T1_LEVELS[0])
+        return _LEVEL_REDUCERS.setdefault((t2, t1), BiTempReduce(t2, t1))
 
     def __call__(self, draws) -> BiTempDraws:
         if not isinstance(draws, np.ndarray):
             from ..mc_device import bitemp_reduce_torch
 
-            return bitemp_reduce_torch(draws)
+            return bitemp_reduce_torch(draws, self.t2_min, self.t1_min)
         rows = max(1, BLOCK // max(draws.shape[1], 1))
         return self.concat([self._block(draws[i:i + rows])
                             for i in range(0, draws.shape[0], rows)])
@@ -148,7 +166,7 @@ class BiTempReduce:
         kappa = np.maximum(np.sqrt((d * d).mean(axis=1)) * ndtri(1.0 - EXPECTED_EXPLICIT / (2 * n)),
                            RHO_FREE * math.e * math.log(n))
         explicit, h = _split(d, absd, kappa)
-        P = moments_needed(float(h.max()), n)
+        P = moments_needed(float(h.max()), n, self.t2_min, self.t1_min)
         return BiTempDraws(mean, explicit, dmax, h, _moments(d, absd, h, P), n)
 
     @staticmethod
@@ -227,6 +245,7 @@ def _moments_rows(x, live, P):
     return np.matmul(high, low.transpose(0, 2, 1)).reshape(m, groups * _BASE)[:, :P]
 
 
+_LEVEL_REDUCERS: dict = {}
 bitemp_reduce = BiTempReduce()
 
 

@@ -50,6 +50,7 @@ vectors instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -58,7 +59,7 @@ from .registry import lse_and_sum
 TAU = 1.0 / 32  # π_j above this is kept explicitly (fewer than 1/TAU per draw)
 TOL = 1e-12  # relative truncation error allowed in the sums over the rest
 POWER_CAP = 26  # power sums a_n, b_n stored for n < POWER_CAP at most
-GAMMA_STORED = 2.0  # the powers stored per draw reach TOL for every γ up to this
+GAMMA_STORED = 5.0  # the powers stored per draw reach TOL for every γ up to this (if r allows)
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,15 @@ class NFLDraws:
         return self.lse.shape[0]
 
 
+@lru_cache(maxsize=None)
 def _coefficient_bound_stored(n: int) -> float:
-    """max over γ ∈ [0, GAMMA_STORED] of |C(γ, n)| and |C(γ-1, n)|, n ≥ 1 (at most 2)."""
-    return 2.0 if n == 1 else 1.0
+    """max over γ ∈ [0, GAMMA_STORED] of |C(γ, n)| and |C(γ-1, n)| (n ≥ 1), on a fine grid of γ
+    (the coefficients are polynomials in γ of degree n; the grid's maximum is raised by 10 %)."""
+    gammas = np.linspace(0.0, GAMMA_STORED, 2001)
+    best = 0.0
+    for g in gammas:
+        best = max(best, abs(_binomials(g, n + 1)[n]), abs(_binomials(g - 1.0, n + 1)[n]))
+    return 1.1 * best
 
 
 def powers_needed(r_max: float, gamma: float = GAMMA_STORED) -> int:
@@ -91,7 +98,7 @@ def powers_needed(r_max: float, gamma: float = GAMMA_STORED) -> int:
         return 2
     for N in range(POWER_CAP - 1):
         eta = _coefficient_bound_stored(N + 1) * r_max ** (N + 1) / (1.0 - r_max) ** (gamma + 1)
-        if eta <= TOL and N + 1 >= (gamma - 1) / 2:
+        if eta <= TOL and N + 1 >= (gamma - 1) / 2 and N + 1 >= gamma:
             return N + 2  # the derivative part needs a_{N+1}, b_{N+1}
     return POWER_CAP
 
