@@ -98,7 +98,7 @@ def powers_needed(r_max: float, gamma: float = GAMMA_STORED) -> int:
         return 2
     for N in range(POWER_CAP - 1):
         eta = _coefficient_bound_stored(N + 1) * r_max ** (N + 1) / (1.0 - r_max) ** (gamma + 1)
-        if eta <= TOL and N + 1 >= (gamma - 1) / 2 and N + 1 >= gamma:
+        if eta <= TOL and N + 1 >= (gamma - 1) / 2:
             return N + 2  # the derivative part needs a_{N+1}, b_{N+1}
     return POWER_CAP
 
@@ -139,12 +139,7 @@ class NFLReduce:
         b = np.empty((m, P))
         a[:, 0] = n - np.isfinite(explicit).sum(axis=1)
         b[:, 0] = logpi.sum(axis=1) - b0_explicit
-        power = pi
-        for k in range(1, P):
-            a[:, k] = power.sum(axis=1)
-            b[:, k] = np.einsum("ij,ij->i", power, logpi)
-            if k + 1 < P:
-                power = power * pi
+        a[:, 1:], b[:, 1:] = _power_sums(pi, logpi, P - 1)
         return NFLDraws(lse, z.sum(axis=1), explicit, r, a, b)
 
     @staticmethod
@@ -190,6 +185,25 @@ class NFLReduce:
                         np.concatenate([p.r for p in parts]),
                         np.concatenate([pad(p.a, P, np.nan) for p in parts]),
                         np.concatenate([pad(p.b, P, np.nan) for p in parts]))
+
+
+SLAB = 8192  # long rows are summed in slabs of this many columns, so the powers stay in cache
+
+
+def _power_sums(pi, logpi, count):
+    """(Σ_j π_j^n, Σ_j π_j^n ln π_j) per row for n = 1 … count."""
+    m, n = pi.shape
+    a = np.zeros((m, count))
+    b = np.zeros((m, count))
+    for j in range(0, n, SLAB if n > 2 * SLAB else n):
+        p, lp = (pi, logpi) if n <= 2 * SLAB else (pi[:, j:j + SLAB], logpi[:, j:j + SLAB])
+        power = p
+        for k in range(count):
+            a[:, k] += power.sum(axis=1)
+            b[:, k] += np.einsum("ij,ij->i", power, lp)
+            if k + 1 < count:
+                power = power * p
+    return a, b
 
 
 nfl_reduce = NFLReduce()
