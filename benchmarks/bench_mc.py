@@ -10,7 +10,10 @@ Prints, each measured in this run on this machine:
    error and the time compare directly;
 3. with ``--tables``: ``calibrate tables --jobs 2`` into a temporary folder, wall and CPU time
    (target < 60 s);
-4. with ``--device cuda`` (or torch-cpu): the same cold commands with ``--device``.
+4. with ``--device cuda`` (or torch-cpu): the cold commands of 1. with ``--device``.
+
+Wall and CPU time are both printed: on a machine shared with other work the wall time grows
+with the load.
 
 Usage: python benchmarks/bench_mc.py [--repeats N] [--quick] [--tables] [--device cuda]
 (--quick: whole vectors with 1024 samples at K = 10^4 instead of 4096, a minute instead of
@@ -46,17 +49,27 @@ def _cli() -> list[str]:
     return [PY, "-m", "calibrate_cli"]
 
 
-def cold(args: list[str], repeats: int) -> tuple[float, dict]:
-    """Median wall time of ``calibrate <args> --json`` in fresh processes, and its output."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    times, out = [], None
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cold(args: list[str], repeats: int) -> tuple[float, float, dict]:
+    """Median wall and CPU time of ``calibrate <args> --json`` in fresh processes, its output.
+
+    On a machine shared with other work the wall time grows with the load, the CPU time (user +
+    system of the process) much less: both are printed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    walls, cpus, out = [], [], None
     for _ in range(repeats):
-        t = time.perf_counter()
+        c, t = _children_cpu(), time.perf_counter()
         r = subprocess.run(_cli() + args + ["--json"], capture_output=True, text=True, env=env,
                            check=True)
-        times.append(time.perf_counter() - t)
+        walls.append(time.perf_counter() - t)
+        cpus.append(_children_cpu() - c)
         out = json.loads(r.stdout)
-    return statistics.median(times), out
+    return statistics.median(walls), statistics.median(cpus), out
 
 
 def solve(loss: str, K: int, criterion: str, samples: int, reduce: bool):
@@ -69,9 +82,9 @@ def solve(loss: str, K: int, criterion: str, samples: int, reduce: bool):
     spec = get_loss(loss)
     dist = Gaussian(0.0, 0.5)
     av = Averager(dist, samples=samples, seed=0, reduce=reduce)
-    t = time.perf_counter()
+    c, t = time.process_time(), time.perf_counter()
     r = solve_epsilon(spec, resolve_params(spec), K, dist, criterion=criterion, averager=av)
-    return time.perf_counter() - t, r
+    return time.perf_counter() - t, time.process_time() - c, r
 
 
 def main() -> None:
@@ -83,42 +96,38 @@ def main() -> None:
     args = ap.parse_args()
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-    print(f"cold commands (median of {args.repeats}; {' '.join(_cli())} epsilon ... --json):")
+    print(f"cold commands (median of {args.repeats}; {' '.join(_cli())} epsilon ... --json), "
+          "wall / CPU seconds:")
+    device = ["--device", args.device] if args.device else []
     for K, target in ((10_000, 2.0), (1_000_000, 10.0)):
-        t, d = cold(["epsilon", "--loss", "nf-mae", "--classes", str(K)], args.repeats)
-        print(f"  nf-mae K = {K:>7}: {t:6.2f} s (target < {target:g} s)  ε = {d['epsilon']:.6f} "
-              f"± {d['error']:.1e}, {d['monte_carlo']['samples']} samples")
+        t, c, d = cold(["epsilon", "--loss", "nf-mae", "--classes", str(K)] + device,
+                       args.repeats)
+        print(f"  nf-mae K = {K:>7}{' ' + args.device if args.device else ''}: {t:6.2f} / "
+              f"{c:5.2f} s (target < {target:g} s)  ε = {d['epsilon']:.6f} ± {d['error']:.1e}, "
+              f"{d['monte_carlo']['samples']} samples")
 
-    print("in-process solve of ε, reduced draws against whole vectors (same draws):")
+    print("in-process solve of ε, reduced draws against whole vectors (same draws), wall / CPU s:")
     cases = [("nf-mae", 1000, "match", 4096), ("nf-mae", 10_000, "match",
                                                 1024 if args.quick else 4096),
              ("bitemp", 1000, "peak", 1024)]
     for loss, K, crit, samples in cases:
-        t_new, new = solve(loss, K, crit, samples, True)
-        t_old, old = solve(loss, K, crit, samples, False)
-        print(f"  {loss:7s} K = {K:>6} {crit:5s} {samples} samples: reduced {t_new:7.2f} s "
-              f"ε = {new.epsilon:.6f} ± {new.error:.1e} | whole vectors {t_old:7.2f} s "
-              f"ε = {old.epsilon:.6f} ± {old.error:.1e} | {t_old / t_new:6.0f}x, "
-              f"Δε = {new.epsilon - old.epsilon:.1e}")
-
-    if args.device:
-        for K in (10_000, 1_000_000):
-            t, d = cold(["epsilon", "--loss", "nf-mae", "--classes", str(K), "--device",
-                         args.device], args.repeats)
-            print(f"  --device {args.device} nf-mae K = {K:>7}: {t:6.2f} s  ε = "
-                  f"{d['epsilon']:.6f} ± {d['error']:.1e}")
+        t_new, c_new, new = solve(loss, K, crit, samples, True)
+        t_old, c_old, old = solve(loss, K, crit, samples, False)
+        print(f"  {loss:7s} K = {K:>6} {crit:5s} {samples} samples: reduced {t_new:6.2f} / "
+              f"{c_new:5.2f} s ε = {new.epsilon:.6f} ± {new.error:.1e} | whole vectors "
+              f"{t_old:7.2f} / {c_old:6.2f} s ε = {old.epsilon:.6f} ± {old.error:.1e} | "
+              f"CPU ratio {c_old / c_new:5.0f}, Δε = {new.epsilon - old.epsilon:.1e}")
 
     if args.tables:
         with tempfile.TemporaryDirectory() as tmp:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            c = _children_cpu()
             t = time.perf_counter()
             env = dict(os.environ, OMP_NUM_THREADS="1",
                        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
             r = subprocess.run(_cli() + ["tables", "--jobs", "2", "--out-dir", tmp],
                                capture_output=True, text=True, env=env, check=True)
             wall = time.perf_counter() - t
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            cpu = _children_cpu() - c
             print(f"calibrate tables --jobs 2: {wall:.1f} s wall (target < 60 s), {cpu:.1f} s CPU "
                   f"in all processes; load average now {os.getloadavg()[0]:.1f}")
             for line in r.stderr.splitlines():

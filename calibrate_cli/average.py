@@ -40,7 +40,12 @@ chunks of bounded memory; the standard error is reported. Exact reductions are
 used where a loss allows them: the σ_k-only terms of a weighted sum (the AGCE
 in NCE+AGCE) are integrated exactly, each term is evaluated once and re-weighted
 (α, β cost nothing), and NCE reduces every draw to two sufficient statistics
-(log Σ e^{z_j}, Σ z_j) so that any z_k costs O(samples), not O(samples·K).
+(log Σ e^{z_j}, Σ z_j) so that any z_k costs O(samples), not O(samples·K); NFL and biTemp
+reduce it to power sums or moments with a rigorous truncation bound
+(losses/nfl_series.py, losses/bitemp_series.py) and fall back to whole vectors where the bound
+fails. A loss's ``mc_reduce`` runs once per K over the draws (several in one pass, and one may
+``provide`` another's statistics); its ``mc_delta`` takes z_k as a column and returns δ_k per
+draw, or None. With ``device`` the draws and reductions run in torch (mc_device.py).
 """
 
 from __future__ import annotations
@@ -446,31 +451,6 @@ def reducer_of(term: Term):
     parameters where the reducer offers that (``for_params``: e.g. how many moments to store)."""
     red = term.loss.mc_reduce
     return red.for_params(term.params) if hasattr(red, "for_params") else red
-
-
-def share_draws(averagers: list[Averager], classes: int, reducers) -> None:
-    """The per-K reduction pass of several Averagers over one set of draws: Gaussians with the
-    same seed and samples (NumPy) draw std × the same standard normals, so drawing those once
-    gives each Averager, bit for bit, what its own pass would (tables: six stds, one draw)."""
-    from .logits import Gaussian
-
-    first = averagers[0]
-    if not all(isinstance(a.dist, Gaussian) and a._torch is None and a.seed == first.seed
-               and a.samples_at(classes) == first.samples_at(classes) for a in averagers):
-        for a in averagers:
-            a._reduce_pass(classes, reducers)
-        return
-    works = [(a, a._pass_work(classes, reducers)) for a in averagers]
-    works = [(a, w) for a, w in works if w is not None]
-    if not works:
-        return
-    parts = [{f: [] for f in w[0]} for _, w in works]
-    unit = Gaussian(0.0, 1.0)
-    for base in first._chunks_of(unit, classes):
-        for (a, w), p in zip(works, parts):
-            a._apply(w[0], base * a.dist.std, p)  # = a.dist.sample(rng, shape), same rng
-    for (a, w), p in zip(works, parts):
-        a._pass_store(classes, w, p)
 
 
 def default_samples(*specs: LossSpec) -> int:

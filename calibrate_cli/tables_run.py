@@ -3,7 +3,7 @@
 * Exact rows are grouped per logit std (one Averager per std caches its Laplace kernels).
 * Monte Carlo rows of losses that reduce their draws (NCE, NFL, biTemp and their combinations)
   are grouped by K across all stds and losses: at each K one set of standard-normal draws is
-  made and reduced for every std (``average.share_draws``), then every row at that K is solved
+  made and reduced for every std (:func:`share_draws`), then every row at that K is solved
   from the reduced draws, then they are dropped (memory stays bounded). The groups interleave
   the K grid, so that each worker gets small and large K alike.
 * Within a worker, <δ_k> and its slope are memoised per (loss, parameters, K, z): the ``match``
@@ -76,6 +76,31 @@ class Averagers:
         return self._cache[key]
 
 
+def share_draws(averagers, classes: int, reducers) -> None:
+    """The per-K reduction pass of several Averagers over one set of draws: Gaussians with the
+    same seed and samples (NumPy) draw std × the same standard normals, so drawing those once
+    gives each Averager, bit for bit, what its own pass would (tables: six stds, one draw)."""
+    from .logits import Gaussian
+
+    first = averagers[0]
+    if not all(isinstance(a.dist, Gaussian) and a._torch is None and a.seed == first.seed
+               and a.samples_at(classes) == first.samples_at(classes) for a in averagers):
+        for a in averagers:
+            a._reduce_pass(classes, reducers)
+        return
+    works = [(a, a._pass_work(classes, reducers)) for a in averagers]
+    works = [(a, w) for a, w in works if w is not None]
+    if not works:
+        return
+    parts = [{f: [] for f in w[0]} for _, w in works]
+    unit = Gaussian(0.0, 1.0)
+    for base in first._chunks_of(unit, classes):
+        for (a, w), p in zip(works, parts):
+            a._apply(w[0], base * a.dist.std, p)  # = a.dist.sample(rng, shape), same rng
+    for (a, w), p in zip(works, parts):
+        a._pass_store(classes, w, p)
+
+
 def samples_at(samples: int, classes: int) -> int:
     """The Monte Carlo vectors a table row at K draws (see the module docstring)."""
     return min(samples, max(MC_MIN_SAMPLES, MC_DRAW_BUDGET // max(classes - 1, 1)))
@@ -120,8 +145,6 @@ def run_group(args):
     shared = name == "epsilon" and rows and rows[0].get("samples") and _reducible_mc(rows[0]["loss"])
     if not shared:
         return [kernel(r, avs) for r in rows]
-    from .average import share_draws
-
     reducers = _reducers(rows)
     stds = sorted({r["logit_std"] for r in rows})
     group = [avs.get(s, rows[0]["samples"], rows[0]["seed"]) for s in stds]

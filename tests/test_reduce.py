@@ -212,6 +212,22 @@ def test_one_pass_serves_nfl_nce_and_the_control_variates(monkeypatch):
     np.testing.assert_allclose(av._stats_cache[(lse_and_sum, 500)], direct, rtol=1e-13)
 
 
+def test_tables_share_one_set_of_draws_across_stds_bit_for_bit():
+    """calibrate tables reduces std × the same standard normals for every std at once: the
+    statistics equal those of each Averager's own pass exactly."""
+    from calibrate_cli.tables_run import share_draws
+
+    avs = [Averager(Gaussian(0.0, s), samples=100, seed=3) for s in (0.1, 2.0)]
+    share_draws(avs, 300, [lse_and_sum, nfl_reduce])
+    for a in avs:
+        fresh = Averager(a.dist, samples=100, seed=3)
+        for f in (nfl_reduce, lse_and_sum):
+            got, ref = a._reduced(300, f), fresh._reduced(300, f)
+            for x, y in ((got.a, ref.a), (got.b, ref.b), (got.lse, ref.lse)) if f is nfl_reduce \
+                    else ((got, ref),):
+                np.testing.assert_array_equal(x, y)
+
+
 # ---------------------------------------------------------------- budget
 def test_draw_budget_keeps_large_k_affordable_and_small_k_unchanged():
     av = Averager(Gaussian(0.0, 0.5), samples=4096, draw_budget=DRAW_BUDGET)
