@@ -40,8 +40,9 @@ so the relative error of D_R and G_R is at most
 
     \eta(N) = \max(|C(\gamma,N+1)|, |C(\gamma-1,N+1)|)\; r^{N+1} / (1-r)^{\gamma+1},
 
-r = max_R π_j ≥ max_R σ_j, uniform in z_k (σ_j ≤ π_j). N is the smallest order with η ≤ 1e-12
-for every draw; the bound propagated to δ_k (first order in η) is returned with the values.
+r = max_R π_j ≥ max_R σ_j, uniform in z_k (σ_j ≤ π_j). Each draw i uses the smallest order N_i
+with η_i ≤ 1e-12; the bound propagated to δ_k (first order in η) is returned with the values.
+The draws store the powers that every γ ≤ 5 needs at their r.
 Integer γ makes the series finite (η = 0 from N = γ on). When no stored order reaches the
 tolerance (large γ), :func:`nfl_series_delta` returns None and the engine evaluates whole
 vectors instead.
