@@ -235,6 +235,10 @@ def test_draw_budget_keeps_large_k_affordable_and_small_k_unchanged():
     assert av.samples_at(10**6) == MIN_SAMPLES
     assert 4096 > av.samples_at(10**5) == DRAW_BUDGET // (10**5 - 1) > MIN_SAMPLES
     assert Averager(Gaussian(0.0, 0.5), samples=4096).samples_at(10**6) == 4096
+    from calibrate_cli import api  # the Python API's default follows the same budget
+
+    assert api._setup("nf-mae", None, None, None, 0.5, None, 0)[3].samples_at(10**6) == MIN_SAMPLES
+    assert api._setup("nf-mae", None, None, None, 0.5, 512, 0)[3].samples_at(10**6) == 512
 
 
 def test_reduced_standard_error_is_honest():
