@@ -29,7 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .average import Average, Averager, default_samples
+from .average import DRAW_BUDGET, Average, Averager, default_samples
 from .logits import DEFAULT_LOGIT_STD, Gaussian, LogitDistribution
 from .losses import get_loss, resolve_params
 from .solve import EpsilonResult, TransferResult, solve_epsilon, solve_transfer
@@ -40,7 +40,8 @@ def _setup(loss, preset, params, dist, logit_std, samples, seed):
     values = resolve_params(spec, preset, params)
     d = dist if dist is not None else Gaussian(0.0, logit_std)
     n = samples if samples is not None else default_samples(spec)
-    return spec, values, d, Averager(d, samples=n, seed=seed)
+    budget = DRAW_BUDGET if samples is None else None  # as the command line: fewer at huge K
+    return spec, values, d, Averager(d, samples=n, seed=seed, draw_budget=budget)
 
 
 def epsilon(classes: int, loss: str = "mae", *, criterion: str = "match",

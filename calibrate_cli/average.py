@@ -50,7 +50,12 @@ chunks of bounded memory; the standard error is reported. Exact reductions are
 used where a loss allows them: the σ_k-only terms of a weighted sum (the AGCE
 in NCE+AGCE) are integrated exactly, each term is evaluated once and re-weighted
 (α, β cost nothing), and NCE reduces every draw to two sufficient statistics
-(log Σ e^{z_j}, Σ z_j) so that any z_k costs O(samples), not O(samples·K).
+(log Σ e^{z_j}, Σ z_j) so that any z_k costs O(samples), not O(samples·K); NFL and biTemp
+reduce it to power sums or moments with a rigorous truncation bound
+(losses/nfl_series.py, losses/bitemp_series.py) and fall back to whole vectors where the bound
+fails. A loss's ``mc_reduce`` runs once per K over the draws (several in one pass, and one may
+``provide`` another's statistics); its ``mc_delta`` takes z_k as a column and returns δ_k per
+draw, or None. With ``device`` the draws and reductions run in torch (mc_device.py).
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ from .losses.registry import LossSpec, Term, lse_and_sum
 #: errors of ε near 1e-4 (see README, speed).
 DEFAULT_SAMPLES = 4096
 DEFAULT_SAMPLES_FULL = 1024
+#: Default draw budget per K (logits): 4096 vectors up to K ≈ 16 000, then fewer, never below
+#: MIN_SAMPLES (K = 10^6: 256 vectors, a few seconds).
+DRAW_BUDGET = 1 << 26
+MIN_SAMPLES = 256
 MAX_DRAWS = 2_000_000_000
 CHUNK_ELEMS = 1 << 21  # logits per Monte Carlo chunk (16 MiB of float64)
 Z_LIMIT = 500.0  # |z - mean| beyond this: p or 1 - p underflows, δ_k is not representable
@@ -113,14 +122,35 @@ class Averager:
         the logit distribution p_z of the other K - 1 logits.
     samples, seed:
         Monte Carlo settings (only losses whose δ_k depends on every σ_j use them).
+    draw_budget:
+        if given, at most about this many logits are drawn per K: ``samples`` vectors while
+        they fit, fewer (never below ``min_samples``) at large K (see :meth:`samples_at`).
+    reduce:
+        False evaluates whole logit vectors at every z_k even for losses that reduce a draw to
+        a few numbers (the reference the reductions are measured against).
+    device:
+        None: NumPy on the CPU. A torch device ("cuda", "cuda:1", "cpu") draws, reduces and
+        evaluates whole vectors with torch there (calibrate_cli/mc_device.py); its draws
+        differ from NumPy's (another generator), within the Monte Carlo error.
     """
 
-    def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0):
+    def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                 draw_budget: int | None = None, min_samples: int = MIN_SAMPLES,
+                 reduce: bool = True, device: str | None = None):
         if samples < 16:
             raise UsageError(f"--samples must be at least 16, got {samples}")
         self.dist = dist
         self.samples = int(samples)
         self.seed = int(seed)
+        self.draw_budget = draw_budget
+        self.min_samples = int(min_samples)
+        self.reduce = bool(reduce)
+        self.device = device
+        self._torch = None
+        if device is not None:
+            from .mc_device import TorchBackend  # imports torch
+
+            self._torch = TorchBackend(device)
         self._lt = LaplaceTransform(*dist.quadrature())
         self._x_lo, self._x_hi = self._lt.x_lo, self._lt.x_hi
         self._log_m = self._lt.log_m  # ln E[e^{z - mean}]
@@ -262,62 +292,132 @@ class Averager:
                 out[i], err[i] = offset + g1 - ru @ one_minus, err_b
         return out, err
 
+    def samples_at(self, classes: int) -> int:
+        """Monte Carlo vectors drawn at K: ``samples``, or with a draw budget
+        min(samples, max(min_samples, budget // (K - 1))). The standard error of <δ_k> near
+        its peak falls faster than 1/√K (the control variates absorb the fluctuation of the
+        sums over K - 1 logits), so fewer vectors at large K keep it far below that at small K."""
+        if self.draw_budget is None:
+            return self.samples
+        return min(self.samples, max(self.min_samples, self.draw_budget // max(classes - 1, 1)))
+
     def _chunks(self, classes: int):
         """Deterministic chunks of the other K - 1 logits (centred), common to all calls."""
+        return self._chunks_of(self.dist, classes)
+
+    def _chunks_of(self, dist, classes: int):
         n = classes - 1
-        total = self.samples * n
+        samples = self.samples_at(classes)
+        total = samples * n
         if total > MAX_DRAWS:
             raise UsageError(
-                f"Monte Carlo at K = {classes} with {self.samples} samples needs {total:.2g} "
+                f"Monte Carlo at K = {classes} with {samples} samples needs {total:.2g} "
                 f"draws (limit {MAX_DRAWS:.0e}); use --samples {max(1, MAX_DRAWS // n)} or fewer")
-        rows = max(1, CHUNK_ELEMS // max(n, 1))
-        for i, start in enumerate(range(0, self.samples, rows)):
-            m = min(rows, self.samples - start)
+        rows = max(1, CHUNK_ELEMS // max(n, 1)) if self._torch is None else \
+            self._torch.rows_per_chunk(n)
+        for i, start in enumerate(range(0, samples, rows)):
+            m = min(rows, samples - start)
+            if self._torch is not None:
+                yield self._torch.sample(dist, (self.seed, classes, i), (m, n))
+                continue
             rng = np.random.default_rng([self.seed, classes, i])
-            yield self.dist.sample(rng, (m, n))
+            yield dist.sample(rng, (m, n))
 
-    def _per_sample(self, term: Term, classes: int, zk: float, slope: bool) -> np.ndarray:
-        key = (term.loss.name, tuple(sorted(term.params.items())), classes, zk, slope)
-        if key in self._mc_cache:
-            return self._mc_cache[key]
-        if slope:
-            h = 1e-4
-            out = (self._per_sample(term, classes, zk + h, False)
-                   - self._per_sample(term, classes, zk - h, False)) / (2 * h)
-        elif term.loss.sigma is not None:  # an exact kernel the quadrature cannot serve
-            lse = self._reduced(classes, lse_and_sum)[:, 0]  # ln Σ_{j≠k} e^{z_j}
+    def _per_sample(self, term: Term, classes: int, zs, slope: bool) -> np.ndarray:
+        """δ_k (or its slope) per draw at every z of ``zs``: [len(zs), samples], cached per z."""
+        name = (term.loss.name, tuple(sorted(term.params.items())), classes, slope)
+        zs = [float(z) for z in np.atleast_1d(zs)]
+        missing = [z for z in dict.fromkeys(zs) if (name, z) not in self._mc_cache]
+        if missing:
+            zm = np.array(missing)
+            if slope:
+                h = 1e-4
+                vals = (self._per_sample(term, classes, zm + h, False)
+                        - self._per_sample(term, classes, zm - h, False)) / (2 * h)
+            else:
+                vals = self._delta_draws(term, classes, zm)
+            if len(self._mc_cache) + len(missing) > 4096:
+                self._mc_cache.clear()
+            for z, v in zip(missing, vals):
+                self._mc_cache[(name, z)] = v
+        return np.stack([self._mc_cache[(name, z)] for z in zs])
+
+    def _delta_draws(self, term: Term, classes: int, zs: np.ndarray) -> np.ndarray:
+        """δ_k per draw at each z of ``zs`` ([len(zs), samples]): from the reduced draws where the
+        loss reduces them (``mc_delta`` takes z as a column [len(zs), 1] and returns None where
+        its error bound fails), else from whole logit vectors. A σ_k-only loss here is one whose
+        exact quadrature cannot reach its accuracy: its δ_k is a function of p alone, and p per
+        draw follows from ln Σ_{j≠k} e^{z_j}."""
+        if term.loss.sigma is not None:
+            lse = self._reduced(classes, lse_and_sum)[:, 0]
             with np.errstate(over="ignore"):
-                p = 1.0 / (1.0 + np.exp(lse - zk))
+                p = 1.0 / (1.0 + np.exp(lse[None, :] - zs[:, None]))
             with np.errstate(all="ignore"):
-                out = term.loss.sigma.offset(term.params) + term.loss.sigma.g(p, term.params)
-        elif term.loss.mc_reduce is not None:
-            stats = self._reduced(classes, term.loss.mc_reduce)
-            out = term.loss.mc_delta(zk, stats, classes, term.params)
-        else:
+                return term.loss.sigma.offset(term.params) + term.loss.sigma.g(p, term.params)
+        if term.loss.mc_reduce is not None and self.reduce:
+            out = term.loss.mc_delta(zs[:, None], self._reduced(classes, reducer_of(term)),
+                                     classes, term.params)
+            if out is not None:
+                return np.broadcast_to(out, (len(zs), np.shape(out)[-1]))
+        rows = []
+        for zk in zs:
             parts = []
             for c in self._chunks(classes):
+                if self._torch is not None:
+                    parts.append(self._torch.full_delta(term, float(zk), c))
+                    continue
                 logits = np.empty((c.shape[0], classes))
                 logits[:, 0] = zk
                 logits[:, 1:] = c
                 parts.append(term.loss.full(logits, term.params))
-            out = np.concatenate(parts)
-        if len(self._mc_cache) > 4096:
-            self._mc_cache.clear()
-        self._mc_cache[key] = out
-        return out
+            rows.append(np.concatenate(parts))
+        return np.stack(rows)
 
     def _reduce_pass(self, classes: int, reducers) -> None:
         """Apply every reducer not yet cached to the common draws, in one pass over them
         (drawing K - 1 logits per sample costs more than any reduction)."""
+        work = self._pass_work(classes, reducers)
+        if work is None:
+            return
+        parts: dict = {f: [] for f in work[0]}
+        for c in self._chunks(classes):
+            self._apply(work[0], c, parts)
+        self._pass_store(classes, work, parts)
+
+    def _pass_work(self, classes: int, reducers):
+        """(reducers to run, {reducer: (runner, extract)} derived from others), or None.
+
+        A reducer may also deliver another's statistics (``provides``: {reducer: extract}),
+        e.g. NFL's pass yields ln Σ e^z and Σ z: then that one costs no pass of its own."""
         todo = [f for f in dict.fromkeys(reducers) if (f, classes) not in self._stats_cache]
         if not todo:
-            return
-        parts: dict = {f: [] for f in todo}
-        for c in self._chunks(classes):
-            for f in todo:
-                parts[f].append(f(c))
+            return None
+        derived = {}
         for f in todo:
-            self._stats_cache[(f, classes)] = np.concatenate(parts[f])
+            for g, extract in getattr(f, "provides", {}).items():
+                if g in todo and g not in derived and not getattr(g, "provides", None):
+                    derived[g] = (f, extract)
+        return [f for f in todo if f not in derived], derived
+
+    def _apply(self, run, chunk, parts) -> None:
+        for f in run:
+            parts[f].append(f(chunk) if self._torch is None else self._torch.reduce(f, chunk))
+
+    def _pass_store(self, classes: int, work, parts) -> None:
+        run, derived = work
+        for f in run:  # a reducer may return its own type, joined by its ``concat``
+            self._stats_cache[(f, classes)] = getattr(f, "concat", np.concatenate)(parts[f])
+        for g, (f, extract) in derived.items():
+            self._stats_cache[(g, classes)] = extract(self._stats_cache[(f, classes)])
+
+    def drop(self, classes: int) -> None:
+        """Forget the reduced draws and per-draw values at K (bounded memory over many K)."""
+        for key in [k for k in self._stats_cache if k[1] == classes]:
+            del self._stats_cache[key]
+        self._cv_cache.pop(classes, None)
+        self._cv_cache.pop((classes, "pinv"), None)
+        for key in [k for k in self._mc_cache if k[0][2] == classes]:
+            del self._mc_cache[key]
 
     def _reduced(self, classes: int, reducer) -> np.ndarray:
         """``reducer(draws)`` per sample, cached per (reducer, K)."""
@@ -344,19 +444,23 @@ class Averager:
 
     def _monte_carlo(self, terms: list[Term], classes: int, z: np.ndarray, slope: bool):
         """Sample mean with control variates: δ_i - β·X_i, β fitted by least squares."""
-        self._reduce_pass(classes, [lse_and_sum] + [t.loss.mc_reduce for t in terms
-                                                    if t.loss.mc_reduce is not None])
+        self._reduce_pass(classes, [lse_and_sum] + [reducer_of(t) for t in terms
+                                                    if t.loss.mc_reduce is not None and self.reduce])
         X = self._control_variates(classes)
-        Xc = X - X.mean(axis=0)
-        mean = np.empty_like(z)
-        se = np.empty_like(z)
-        for i, zk in enumerate(z):
-            total = sum(t.weight * self._per_sample(t, classes, float(zk), slope) for t in terms)
-            beta, *_ = np.linalg.lstsq(Xc, total - total.mean(), rcond=None)
-            adjusted = total - X @ beta
-            mean[i] = adjusted.mean()
-            se[i] = adjusted.std(ddof=1 + X.shape[1]) / math.sqrt(total.size)
-        return mean, se
+        if (classes, "pinv") not in self._cv_cache:  # least squares of any δ on X: pinv once per K
+            self._cv_cache[(classes, "pinv")] = np.linalg.pinv(X - X.mean(axis=0))
+        total = sum(t.weight * self._per_sample(t, classes, z, slope) for t in terms)  # [z, draw]
+        beta = self._cv_cache[(classes, "pinv")] @ (total - total.mean(axis=1, keepdims=True)).T
+        adjusted = total - (X @ beta).T
+        se = adjusted.std(axis=1, ddof=1 + X.shape[1]) / math.sqrt(total.shape[1])
+        return adjusted.mean(axis=1), se
+
+
+def reducer_of(term: Term):
+    """The reducer of a Monte Carlo term: its loss's ``mc_reduce``, specialised to the term's
+    parameters where the reducer offers that (``for_params``: e.g. how many moments to store)."""
+    red = term.loss.mc_reduce
+    return red.for_params(term.params) if hasattr(red, "for_params") else red
 
 
 def _describe(params: Mapping[str, float]) -> str:

@@ -8,11 +8,12 @@ it was made (tool version, criterion, logit distribution, numerics):
     (K_ref = 10, root below the peak) and ``peak``, for K on a log grid from 2
     to 10^6 and the Gaussian logit std in {0.05, 0.1, 0.25, 0.5, 1, 2}.
     (``target`` needs a user value, so it has no table.) Losses whose δ_k
-    depends on σ_k alone are computed exactly on the full grid (63 points);
-    the others (NCE, NFL, biTemp and their combinations) need Monte Carlo,
-    whose cost grows like K, so they get a coarser grid (K ≤ 1000, std in
-    {0.1, 0.5, 1}) with a stated number of samples and the Monte Carlo
-    error in the ``error`` column.
+    depends on σ_k alone are computed exactly; the others (NCE, NFL, biTemp
+    and their combinations) by Monte Carlo whose draws are reduced to a few
+    numbers once per K, on the same full grid (63 K × 6 stds), with the
+    number of samples stated and the Monte Carlo error in the ``error``
+    column (a loss without such a reduction would get the coarser MC_CLASSES ×
+    MC_STDS grid).
 ``q``
     GCE's q transferred from (K = 100, q = 0.7) to every K of the full grid,
     for every std: <δ_k>_{K,q}(μ) = <δ_k>_{100,0.7}(μ).
@@ -49,6 +50,7 @@ import numpy as np
 from ._version import __version__
 from .atomic import write_atomic
 from .errors import NoSolutionError, UsageError
+from .tables_run import MC_DRAW_BUDGET, MC_MIN_SAMPLES, Averagers, run_rows
 
 TABLE_NAMES = ("epsilon", "q", "transfer", "presets")
 STDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -103,28 +105,12 @@ class Table:
     rows: list[dict] = field(default_factory=list)
 
 
-class _Averagers:
-    """One Averager per (std, samples, seed): it caches kernels across rows."""
-
-    def __init__(self):
-        self._cache = {}
-
-    def get(self, std: float, samples: int | None, seed: int | None):
-        from .average import DEFAULT_SAMPLES, Averager
-        from .logits import Gaussian
-
-        key = (float(std), samples or DEFAULT_SAMPLES, seed or 0)
-        if key not in self._cache:
-            self._cache[key] = Averager(Gaussian(0.0, float(std)), samples=key[1], seed=key[2])
-        return self._cache[key]
-
-
 def _num(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
 # ---------------------------------------------------------------- row kernels
-def compute_epsilon(row: dict, avs: _Averagers) -> dict:
+def compute_epsilon(row: dict, avs: Averagers) -> dict:
     """Fill ``epsilon``, ``error``, ``method``, δ before/after and ``status`` of an ε row."""
     from .losses import get_loss
     from .solve import solve_epsilon
@@ -146,7 +132,7 @@ def compute_epsilon(row: dict, avs: _Averagers) -> dict:
     return out
 
 
-def compute_transfer(row: dict, avs: _Averagers) -> dict:
+def compute_transfer(row: dict, avs: Averagers) -> dict:
     """Fill ``value``, ``error``, ``method``, ``status`` of a q / transfer / presets row."""
     from .losses import get_loss
     from .solve import solve_transfer
@@ -180,11 +166,11 @@ KERNELS = {"epsilon": compute_epsilon, "q": compute_transfer, "transfer": comput
            "presets": compute_transfer}
 
 
-def recompute_row(table: str, row: dict, avs: _Averagers | None = None) -> dict:
+def recompute_row(table: str, row: dict, avs: Averagers | None = None) -> dict:
     """Recompute one row of ``table`` from its inputs (as read back from the JSON file)."""
     if table not in KERNELS:
         raise UsageError(f"unknown table '{table}' (known: {', '.join(TABLE_NAMES)})")
-    return KERNELS[table](row, avs or _Averagers())
+    return KERNELS[table](row, avs or Averagers())
 
 
 # --------------------------------------------------------------- row inputs
@@ -203,7 +189,7 @@ def epsilon_rows(quick: bool = False) -> list[dict]:
         exact = spec.sigma_only
         if quick and not exact and spec.name not in ("nce-mae",):
             continue
-        full = exact or spec.reducible  # NCE and its combinations: draws made once per K
+        full = exact or spec.reducible  # NCE, NFL, biTemp: draws reduced once per K
         ks = grid if full else ([2, 10] if quick else list(MC_CLASSES))
         stds = (0.5,) if quick else (STDS if full else MC_STDS)
         params = format_params(resolve_params(spec))
@@ -320,11 +306,12 @@ def _header(name: str, quick: bool, seconds: float) -> dict:
             criterion=(f"match (K_ref = {REFERENCE_CLASSES}, root below the peak of <δ_k>(z)) and "
                        "peak (extremum of <δ_k>(z) at μ); target needs a user value"),
             distribution=f"Gaussian N(0, std²), std in {list(STDS)}",
-            grid=(f"exact losses and NCE with its combinations (Monte Carlo over {MC_SAMPLES} "
-                  f"draws per K, seed {MC_SEED}, each draw reduced to ln Σ e^z and Σ z): {len(grid)} K "
-                  f"from 2 to 10^6 (log grid) × std {list(STDS)}; other Monte Carlo losses (NFL, "
-                  f"biTemp and their combinations, whose cost per evaluation grows like K): K in "
-                  f"{list(MC_CLASSES)} × std {list(MC_STDS)}, {MC_SAMPLES} samples, seed {MC_SEED}"),
+            grid=(f"{len(grid)} K from 2 to 10^6 (log grid) × std {list(STDS)} for every loss; "
+                  f"Monte Carlo losses (NCE, NFL, biTemp and their combinations; seed {MC_SEED}) "
+                  f"reduce each logit vector to a few numbers once per K (NCE: ln Σ e^z and Σ z; "
+                  f"NFL: power sums; biTemp: moments) and draw {MC_SAMPLES} vectors per K up to "
+                  f"K · samples = {MC_DRAW_BUDGET} logits, fewer above (at least "
+                  f"{MC_MIN_SAMPLES}; K_ref = {REFERENCE_CLASSES} always {MC_SAMPLES})"),
             parameters="registry defaults of each loss (column params)")
     elif name == "q":
         common.update(criterion=(f"<δ_k>_(K, q)(μ) = <δ_k>_(K={Q_FROM[0]}, q={Q_FROM[1]})(μ)"),
@@ -352,61 +339,9 @@ def build_table(name: str, *, quick: bool = False, jobs: int = 1, progress=None)
         raise UsageError(f"unknown table '{name}' (known: {', '.join(TABLE_NAMES)})")
     t0 = time.perf_counter()
     inputs = ROWS[name](quick)
-    rows = _run(name, inputs, jobs, progress)
+    rows = run_rows(name, inputs, jobs, progress)
     return Table(name, TITLES[name], _header(name, quick, time.perf_counter() - t0),
                  COLUMNS[name], rows)
-
-
-def _group_key(row):
-    return (row["logit_std"], row.get("samples"), row.get("seed"))
-
-
-def _run_group(args):
-    name, rows = args
-    avs = _Averagers()
-    return [KERNELS[name](r, avs) for r in rows]
-
-
-def _share_draws(loss: str) -> str:
-    """Group key part: losses whose Monte Carlo draws reduce to the same statistics share one
-    Averager (and so one set of draws per K); every other loss gets its own group."""
-    from .losses import get_loss
-
-    spec = get_loss(loss)
-    return "reducible" if not spec.sigma_only and spec.reducible else loss
-
-
-def _run(name, inputs, jobs, progress):
-    groups: dict = {}
-    for i, r in enumerate(inputs):
-        groups.setdefault((_group_key(r), _share_draws(r["loss"])), []).append((i, r))
-    work = [(name, [r for _, r in g]) for g in groups.values()]
-    order = [[i for i, _ in g] for g in groups.values()]
-    # the costly groups first, so that the pool stays busy
-    ranked = sorted(range(len(work)), key=lambda j: -_cost(work[j][1]))
-    out: list = [None] * len(inputs)
-    if jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = pool.map(_run_group, [work[j] for j in ranked])
-            for j, res in zip(ranked, results):
-                for i, r in zip(order[j], res):
-                    out[i] = r
-                if progress:
-                    progress(name, len(res))
-    else:
-        for j in ranked:
-            res = _run_group(work[j])
-            for i, r in zip(order[j], res):
-                out[i] = r
-            if progress:
-                progress(name, len(res))
-    return out
-
-
-def _cost(rows):
-    return sum((r.get("samples") or 1) * r["classes"] if r.get("samples") else 1 for r in rows)
 
 
 # ------------------------------------------------------------------- writing

@@ -97,6 +97,20 @@ def test_epsilon_grid_covers_the_issue():
             assert abs(r["epsilon"]) < 1e-6 + 3 * (r["error"] or 0)
 
 
+def test_every_loss_on_the_full_grid():
+    """NCE, NFL, biTemp and their combinations reduce their draws, so every bounded loss has
+    every K of the grid at every std, under both criteria."""
+    t = load("epsilon")
+    grid = set(T.class_grid())
+    cells: dict = {}
+    for r in t.rows:
+        cells.setdefault((r["loss"], r["criterion"]), set()).add((r["classes"], r["logit_std"]))
+    for key, got in cells.items():
+        assert got == {(k, s) for k in grid for s in T.STDS}, key
+    mc = [r for r in t.rows if r["method"] != "exact"]
+    assert {r["loss"] for r in mc} >= {"nfl", "nf-mae", "nf-rce", "bitemp", "nce"}
+
+
 def test_q_table_grid_and_anchor():
     t = load("q")
     assert len({r["classes"] for r in t.rows}) >= 60

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .._version import __version__
-from ..average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, Averager, default_samples
+from ..average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, DRAW_BUDGET, Averager, default_samples
 from ..errors import UsageError
 from ..logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
                       load_logits)
@@ -73,6 +73,11 @@ Samples = Annotated[Optional[int], typer.Option(
          "for NFL, biTemp and your own losses, whose cost grows with K).")]
 Seed = Annotated[int, typer.Option(
     "--seed", rich_help_panel=NUM_PANEL, help="Seed of the Monte Carlo draws.")]
+Device = Annotated[str, typer.Option(
+    "--device", rich_help_panel=NUM_PANEL,
+    help="Where the Monte Carlo draws are made and reduced: cpu (NumPy), cuda, cuda:N "
+         "(torch on that GPU), torch-cpu, or auto (cuda if torch sees one, else cpu). "
+         "Other devices draw other (equally valid) samples.")]
 
 # ----------------------------------------------------------------- output
 Json = Annotated[bool, typer.Option(
@@ -82,7 +87,7 @@ Csv = Annotated[bool, typer.Option(
     "--csv", rich_help_panel=OUT_PANEL, help="Print CSV on stdout.")]
 
 DEFAULTS = dict(logit_mean=0.0, logit_std=DEFAULT_LOGIT_STD, atoms=DEFAULT_ATOMS,
-                samples=None, seed=0, input_shape="3,32,32")
+                samples=None, seed=0, input_shape="3,32,32", device="cpu")
 
 
 def make_loss(loss: str, preset: str | None, assignments: list[str] | None):
@@ -157,13 +162,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *specs) -> Averager:
-    """The Averager of the options; ``samples`` None: the default for the losses ``specs``."""
+def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *specs,
+                  device: str = "cpu") -> Averager:
+    """The Averager of the options; ``samples`` None: the default for the losses ``specs``,
+    within the default draw budget per K (fewer vectors at very large K). ``device`` other
+    than cpu imports torch (only Monte Carlo losses use it)."""
+    budget = DRAW_BUDGET if samples is None else None
     if samples is None:
         samples = default_samples(*specs)
     if samples < 16:
         raise UsageError(f"--samples must be >= 16, got {samples}")
-    return Averager(dist, samples=samples, seed=seed)
+    torch_device = None
+    if device != "cpu":
+        from ..mc_device import check_device_name, parse_device
+
+        check_device_name(device)
+        if not all(s.sigma_only for s in specs):  # exact losses draw nothing
+            torch_device = parse_device(device)
+    return Averager(dist, samples=samples, seed=seed, draw_budget=budget, device=torch_device)
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

@@ -74,6 +74,7 @@ def curve(
     input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
+    device: c.Device = c.DEFAULTS["device"],
     json_: c.Json = False,
     csv_: c.Csv = False,
 ) -> None:
@@ -102,7 +103,7 @@ def curve(
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=max(ks), quiet=json_ or csv_)
-    av = c.make_averager(dist, samples, seed, *(spec for spec, _ in losses))
+    av = c.make_averager(dist, samples, seed, *(spec for spec, _ in losses), device=device)
     mu = dist.mean
     lo = mu - 3.0 if z_min is None else z_min
     if z_max is None:  # past the peak: ln S reaches beyond ln(K - 1) when the logits are wide

@@ -51,6 +51,7 @@ def epsilon(
     input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
+    device: c.Device = c.DEFAULTS["device"],
     json_: c.Json = False,
 ) -> None:
     if criterion not in CRITERIA:
@@ -70,7 +71,7 @@ def epsilon(
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=classes, quiet=json_)
-    av = c.make_averager(dist, samples, seed, spec)
+    av = c.make_averager(dist, samples, seed, spec, device=device)
     r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
                       reference_classes=reference_classes, target=target, branch=branch,
                       averager=av)
@@ -85,7 +86,8 @@ def epsilon(
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "peak_z": r.peak_z, "peak_delta": r.peak_delta, "other_root": r.other_root,
             "method": r.method, "note": r.note or None,
-            "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
+            "monte_carlo": None if r.method == "exact" else {"samples": av.samples_at(r.classes),
+                                                             "seed": seed},
         })
         return
     if r.criterion == "match":

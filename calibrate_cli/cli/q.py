@@ -45,6 +45,7 @@ def q(
     input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
+    device: c.Device = c.DEFAULTS["device"],
     json_: c.Json = False,
 ) -> None:
     if q_from is not None:
@@ -55,4 +56,5 @@ def q(
     run_transfer("q", loss=loss, preset=preset, set_=set_, param="q", k_from=k_from, k_to=k_to,
                  at=at, logit_mean=logit_mean, logit_std=logit_std, logits=logits, atoms=atoms,
                  from_model=from_model, input_shape=input_shape, samples=samples, seed=seed,
-                 json_=json_, extra_params=None if q_from is None else {"q": q_from})
+                 json_=json_, extra_params=None if q_from is None else {"q": q_from},
+                 device=device)

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
 def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: int, k_to: int,
                  at, logit_mean, logit_std, logits, atoms, from_model, input_shape, samples,
-                 seed, json_, extra_params: dict | None = None) -> TransferResult:
+                 seed, json_, extra_params: dict | None = None, device: str = "cpu") -> TransferResult:
     """Shared by ``transfer`` and ``q``: parse, solve, print."""
     k_from = check_classes(k_from)
     k_to = check_classes(k_to)
@@ -47,7 +47,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=k_to, quiet=json_)
-    av = c.make_averager(dist, samples, seed, spec)
+    av = c.make_averager(dist, samples, seed, spec, device=device)
     r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
     d = dist.describe()
     if json_:
@@ -62,7 +62,8 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
             "criterion": "match", "at": r.at, "distribution": d, "target": r.target,
             "delta_before": r.delta_before, "delta_after": r.delta_after,
             "other_roots": r.other_roots, "method": r.method, "note": r.note or None,
-            "monte_carlo": None if r.method == "exact" else {"samples": av.samples, "seed": seed},
+            "monte_carlo": None if r.method == "exact" else {"samples": av.samples_at(r.k_to),
+                                                             "seed": seed},
         })
         c.emit_json(command, payload)
         return r
@@ -103,9 +104,10 @@ def transfer(
     input_shape: c.InputShape = None,
     samples: c.Samples = c.DEFAULTS["samples"],
     seed: c.Seed = c.DEFAULTS["seed"],
+    device: c.Device = c.DEFAULTS["device"],
     json_: c.Json = False,
 ) -> None:
     run_transfer("transfer", loss=loss, preset=preset, set_=set_, param=param, k_from=k_from,
                  k_to=k_to, at=at, logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                  atoms=atoms, from_model=from_model, input_shape=input_shape, samples=samples,
-                 seed=seed, json_=json_)
+                 seed=seed, json_=json_, device=device)

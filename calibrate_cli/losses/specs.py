@@ -31,6 +31,8 @@ import math
 import numpy as np
 
 from .base import LossSpec, Param, Preset, SigmaKernel, Term, _logsumexp, lse_and_sum, register
+from .bitemp_series import bitemp_mc_delta, bitemp_reduce
+from .nfl_series import nfl_mc_delta, nfl_reduce
 
 APL = "Ma et al. 2020, Active-Passive Losses (ICML), configs/<dataset>"
 ALFS = "Zhou et al. 2021, Asymmetric Loss Functions (ICML), lnl/config.py"
@@ -212,10 +214,23 @@ nce = register(LossSpec(
 ))
 
 
+def _log_softmax(a):
+    """ln σ per row, accurate also for the largest entry when it dominates: there
+    ln σ_max = -log1p(Σ_{j≠max} e^{a_j - a_max}) (a - logsumexp loses it to the rounding of 1 + s)."""
+    rows = np.arange(a.shape[0])
+    top = np.argmax(a, axis=1)
+    m = a[rows, top][:, None]
+    e = np.exp(a - m)
+    e[rows, top] = 0.0
+    s = e.sum(axis=1)
+    logs = a - (m + np.log1p(s)[:, None])
+    logs[rows, top] = -np.log1p(s)
+    return logs
+
+
 def _nfl_full(logits, P):
     gamma, detach = P["gamma"], P["detach"]
-    lse = _logsumexp(logits)
-    logs = logits - lse[:, None]
+    logs = _log_softmax(logits)
     sig = np.exp(logs)
     one_minus = -np.expm1(logs)
     w = one_minus ** gamma
@@ -238,6 +253,7 @@ nfl = register(LossSpec(
     formula="FL_k / Σ_j FL_j, FL_j = -(1-σ_j)^γ ln σ_j",
     delta_formula="(FL_k' D - FL_k D')/D², D = Σ_j FL_j (see docs)",
     params=(GAMMA, DETACH), full=_nfl_full, torch_name="nfl",
+    mc_reduce=nfl_reduce, mc_delta=nfl_mc_delta,
 ))
 
 
@@ -285,6 +301,7 @@ bitemp = register(LossSpec(
     params=(Param("t1", 0.8, 0.0, 1.0, False, False, "t1 < 1: bounded loss"),
             Param("t2", 1.2, 1.0, 5.0, False, False, "t2 > 1: heavy-tailed softmax")),
     bounded=True, full=_bitemp_full, torch_name="bitemp",
+    mc_reduce=bitemp_reduce, mc_delta=bitemp_mc_delta,
     notes="No peer ships defaults; t1 = 0.8, t2 = 1.2 are this tool's choice.",
 ))
 
