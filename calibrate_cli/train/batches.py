@@ -114,7 +114,7 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        from .data import read_image
+        from .readers import read_image
 
         s = self.size
         if self.train:
