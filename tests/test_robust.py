@@ -22,7 +22,7 @@ from calibrate_cli.atomic import clean_temporaries, write_atomic  # noqa: E402
 from calibrate_cli.cli.app import build_app  # noqa: E402
 from calibrate_cli.errors import StorageError, UsageError  # noqa: E402
 from calibrate_cli.lock import FolderLock, lock_folder  # noqa: E402
-from calibrate_cli.train import loop  # noqa: E402
+from calibrate_cli.train import records  # noqa: E402
 
 APP = build_app()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,8 +152,8 @@ def test_kill_during_the_checkpoint_write_then_resume_cleans_up(tmp_path):
     marker = tmp_path / "writing"
     driver = (
         "import os, sys, time\n"
-        "from calibrate_cli.train import loop\n"
-        "real = loop.write_atomic\n"
+        "from calibrate_cli.train import records\n"
+        "real = records.write_atomic\n"
         "seen = []\n"
         "def slow(path, data, **kw):\n"
         "    if str(path).endswith('checkpoint.pt'):\n"
@@ -165,7 +165,7 @@ def test_kill_during_the_checkpoint_write_then_resume_cleans_up(tmp_path):
         "                time.sleep(600)\n"
         "            return real(path, half, **kw)\n"
         "    return real(path, data, **kw)\n"
-        "loop.write_atomic = slow\n"
+        "records.write_atomic = slow\n"
         "from calibrate_cli.cli.app import main\n"
         "sys.argv = ['calibrate'] + sys.argv[1:]\n"
         "main()\n")
@@ -217,7 +217,7 @@ def test_a_failed_resume_changes_nothing(tmp_path):
 
 def test_disk_full_during_the_checkpoint_keeps_metrics_and_checkpoint_in_step(tmp_path,
                                                                                monkeypatch):
-    real = loop.write_atomic
+    real = records.write_atomic
     calls = []
 
     def full(path, data, **kw):
@@ -230,7 +230,7 @@ def test_disk_full_during_the_checkpoint_keeps_metrics_and_checkpoint_in_step(tm
                 return real(path, payload, **kw)
         return real(path, data, **kw)
 
-    monkeypatch.setattr(loop, "write_atomic", full)
+    monkeypatch.setattr(records, "write_atomic", full)
     out = tmp_path / "run"
     err = one_line_error(run("train", *TINY, "--epochs", "3", "--out", out), 4, "disk is full")
     assert "internal error" not in err

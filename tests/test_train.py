@@ -461,9 +461,11 @@ def test_out_folder_that_cannot_be_created(tmp_path):
 def test_interrupt_during_the_checkpoint_is_held_until_the_bookkeeping_is_done():
     import signal
 
+    from calibrate_cli.train.safety import held_interrupt
+
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with loop._held_interrupt():
+        with held_interrupt():
             os.kill(os.getpid(), signal.SIGINT)
             done.append("checkpoint")
             done.append("metrics")

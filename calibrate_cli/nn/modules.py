@@ -162,7 +162,8 @@ class CalibratedLoss(torch.nn.Module):
 
     # ............................................................... calibration
     def _solve(self, s: float, source: str) -> None:
-        """ε and the calibrated parameter for a Gaussian N(0, s²), as ``calibrate train``."""
+        """ε and the calibrated parameter for a Gaussian N(0, s²); ``calibrate train`` solves
+        through here too (:func:`calibrate_cli.train.loop.derive_loss_settings`)."""
         spec, base = self.spec, self.base_params
         need = self.logit_bias == "auto" or self._calibrate is not None
         if not need:  # s is not used; recorded only when it was given

@@ -1,6 +1,12 @@
 """Batches for the training loop: the epoch order, global batches split across processes,
 batched on-device augmentation, and the in-memory and file-backed splits.
 
+In-memory datasets live on the device as one normalised float tensor [N, C, H, W]; an epoch
+draws a permutation from ``torch.Generator`` seeded with (seed, epoch) and slices it into
+global batches of ``batch_size``. The last, smaller batch is kept. File-backed datasets use a
+DataLoader with workers over the same index order. Under several processes each takes its
+contiguous share of every global batch (:mod:`calibrate_cli.train.runtime`).
+
 Every random draw of an epoch is seeded from (seed, epoch, rank), so a resumed run draws what
 an uninterrupted one would.
 """
@@ -10,7 +16,6 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,9 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import CalibrateError
 from .config import TrainConfig
-
-if TYPE_CHECKING:
-    from .loop import Dist
+from .runtime import Dist
 
 #: Augmentation of --augment auto, per dataset (the literature's CIFAR recipes); none otherwise.
 _AUG_AUTO = {"cifar10": "crop-flip", "cifar100": "crop-flip-rotate"}
@@ -111,7 +114,7 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        from .data import read_image
+        from .readers import read_image
 
         s = self.size
         if self.train:

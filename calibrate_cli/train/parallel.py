@@ -34,7 +34,7 @@ def _load_bundle(cfg: TrainConfig):
 
 
 def _resume(cfg: TrainConfig) -> bool:
-    from .loop import CHECKPOINT
+    from .records import CHECKPOINT
 
     return os.path.isfile(os.path.join(cfg.out, CHECKPOINT))
 

@@ -1,11 +1,15 @@
 """What keeps a training run safe: its folder's lock, an unusable checkpoint refused in one
-line, training stopped at the first non-finite loss, and the status and message of a run that
-ended with an error. Used by :mod:`calibrate_cli.train.loop`.
+line, training stopped at the first non-finite loss, a Ctrl-C held while an epoch's results are
+written, and the status and message of a run that ended with an error. Used by
+:mod:`calibrate_cli.train.loop`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from typing import Any, Callable
 
 import torch
@@ -42,6 +46,27 @@ def load_checkpoint(path: str, model: torch.nn.Module, device, noise_hash: str) 
         first = " ".join(str(exc).split())[:160]
         raise bad(f"holds the weights of another model ({first})") from None
     return state
+
+
+@contextlib.contextmanager
+def held_interrupt():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it at its end.
+
+    Around the end-of-epoch checkpoint: without it, an interrupt between writing the
+    checkpoint and recording that it was written would leave metrics.json one epoch behind
+    the checkpoint. Outside the main thread (no signal handlers there) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class RunLock:

@@ -110,7 +110,7 @@ def run_sweep(sweep: Sweep, base: dict, noises: list[str], seeds: list[int], out
               log=print) -> dict:
     """Train the sweep's runs (skipping completed ones) and write its results."""
     from .. import __version__
-    from .loop import write_json
+    from .records import write_json
 
     variants = [p.variant for p in sweep.points]
     grid = run_grid(base, variants, noises, seeds, out, progress=progress, command=command,

@@ -253,7 +253,7 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
 
 def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, progress,
                command, log, jobs, record) -> dict:
-    from .loop import write_json
+    from .records import write_json
 
     first = configs[0]
     grid = {"dataset": first.dataset, "classes": first.classes, "model": first.model,
@@ -414,7 +414,7 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(out: str, results: dict) -> None:
-    from .loop import write_json
+    from .records import write_json
 
     write_json(os.path.join(out, "results.json"), results)
     buf = io.StringIO()
