@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
                       load_logits)
 from ..losses import get_loss, parse_assignments, resolve_params
+from .params import INT, parse_int
 
 LOSS_PANEL = "Loss"
 DIST_PANEL = "Logit distribution at initialisation"
@@ -53,7 +54,7 @@ Logits = Annotated[Optional[str], typer.Option(
     help="Measured logits (.npy, .npz array 'logits', .pt; shape [N, K] or flat): use their "
          "empirical distribution instead of the Gaussian.")]
 Atoms = Annotated[Optional[int], typer.Option(
-    "--atoms", rich_help_panel=DIST_PANEL, show_default=False,
+    "--atoms", rich_help_panel=DIST_PANEL, show_default=False, click_type=INT,
     help=f"Equal-mass atoms the exact engine uses for --logits / --from-model (default "
          f"{DEFAULT_ATOMS}; 0: every value, slower but in bounded memory).")]
 FromModel = Annotated[Optional[str], typer.Option(
@@ -67,12 +68,13 @@ InputShape = Annotated[Optional[str], typer.Option(
 
 # --------------------------------------------------------------- numerics
 Samples = Annotated[Optional[int], typer.Option(
-    "--samples", rich_help_panel=NUM_PANEL, show_default=False,
+    "--samples", rich_help_panel=NUM_PANEL, show_default=False, click_type=INT,
     help="Monte Carlo logit vectors, for losses whose δ_k depends on more than σ_k "
          f"(default {DEFAULT_SAMPLES} for NCE and its combinations, {DEFAULT_SAMPLES_FULL} "
          "for NFL, biTemp and your own losses, whose cost grows with K).")]
 Seed = Annotated[int, typer.Option(
-    "--seed", rich_help_panel=NUM_PANEL, help="Seed of the Monte Carlo draws.")]
+    "--seed", rich_help_panel=NUM_PANEL, click_type=INT,
+    help="Seed of the Monte Carlo draws (an integer >= 0).")]
 
 # ----------------------------------------------------------------- output
 Json = Annotated[bool, typer.Option(
@@ -149,7 +151,7 @@ def make_distribution(*, logit_mean: float | None, logit_std: float | None, logi
 
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(s) for s in text.split(","))
+        shape = tuple(parse_int(s) for s in text.split(","))
     except ValueError:
         shape = ()
     if not shape or any(s < 1 for s in shape):
@@ -163,22 +165,31 @@ def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *spec
         samples = default_samples(*specs)
     if samples < 16:
         raise UsageError(f"--samples must be >= 16, got {samples}")
+    check_seed(seed)
     return Averager(dist, samples=samples, seed=seed)
 
 
+def check_seed(seed: int) -> int:
+    """The Monte Carlo seed: an integer >= 0 (numpy's generators take no negative seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {seed}")
+    return seed
+
+
 def parse_int_list(text: str, option: str) -> list[int]:
-    """Integers separated by commas, written as integers ('1e3' and '10.0' are refused, as
-    the single-valued integer options refuse them)."""
+    """Integers separated by commas, each written as the single-valued integer options take
+    them (:data:`~calibrate_cli.cli.params.INT`: '1e3' and '1000.0' are 1000, '2.5' is
+    refused)."""
     out = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            v = int(part)
+            v = parse_int(part)
         except ValueError:
-            raise UsageError(f"{option} expects integers separated by commas (like 10,100,1000), "
-                             f"got '{part}'") from None
+            raise UsageError(f"{option} expects integers separated by commas (like 10,100,1000 "
+                             f"or 1e3), got '{part}'") from None
         out.append(v)
     if not out:
         raise UsageError(f"{option} needs at least one value")

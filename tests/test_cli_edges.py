@@ -1,0 +1,212 @@
+"""Edges of the calibration and measure commands: integer options written as floats, messages
+that name the right option and the true range, exit codes instead of internal errors, logits
+files that are not what they claim, measure's size and output checks, threads and progress,
+and the up-front cost of Monte Carlo work."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from calibrate_cli import api
+from calibrate_cli.cli.app import build_app
+
+APP = build_app()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    return CliRunner().invoke(APP, [str(a) for a in args])
+
+
+def ok_json(*args):
+    r = run(*args, "--json")
+    assert r.exit_code == 0, (args, r.stderr)
+    return json.loads(r.stdout)
+
+
+def fails(code, pattern, *args):
+    r = run(*args)
+    assert r.exit_code == code, (args, r.exit_code, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "Traceback" not in r.stderr + r.stdout
+    assert pattern.lower() in err.lower(), err
+    return err
+
+
+# ------------------------------------------------------- integers written as floats
+
+@pytest.mark.parametrize("plain,floats", [
+    (["epsilon", "-k", 1000], ["epsilon", "-k", "1e3"]),
+    (["epsilon", "-k", 1000, "--reference-classes", 20],
+     ["epsilon", "-k", "1000.0", "--reference-classes", "2e1"]),
+    (["epsilon", "-k", 50, "--loss", "nce-mae", "--samples", 256, "--seed", 3],
+     ["epsilon", "-k", "5e1", "--loss", "nce-mae", "--samples", "2.56e2", "--seed", "3.0"]),
+    (["q", "--from", 100, "--to", 1000], ["q", "--from", "1e2", "--to", "1E3"]),
+    (["transfer", "--loss", "agce", "--param", "a", "--from", 10, "--to", 100, "--set", "q=2"],
+     ["transfer", "--loss", "agce", "--param", "a", "--from", "1e1", "--to", "100.0", "--set",
+      "q=2"]),
+    (["curve", "-k", "10,1000", "--points", 5, "--epsilon", "auto", "--reference-classes", 5],
+     ["curve", "-k", "1e1,1e3", "--points", "5.0", "--epsilon", "auto",
+      "--reference-classes", "5e0"]),
+])
+def test_integer_options_accept_integer_valued_floats(plain, floats):
+    a, b = ok_json(*plain), ok_json(*floats)
+    assert a == b
+
+
+def test_atoms_accepts_an_integer_valued_float(tmp_path):
+    np.save(tmp_path / "l.npy", np.random.default_rng(0).normal(0, 0.5, size=(50, 10)))
+    a = ok_json("epsilon", "-k", 100, "--logits", tmp_path / "l.npy", "--atoms", 64)
+    b = ok_json("epsilon", "-k", 100, "--logits", tmp_path / "l.npy", "--atoms", "6.4e1")
+    assert a == b and a["distribution"]["atoms"] == 64
+
+
+@pytest.mark.parametrize("args,option", [
+    (["epsilon", "-k", 1.5], "--classes"),
+    (["epsilon", "-k", 100, "--reference-classes", 2.5], "--reference-classes"),
+    (["epsilon", "-k", 100, "--loss", "nce", "--samples", 100.5], "--samples"),
+    (["epsilon", "-k", 100, "--loss", "nce", "--seed", 0.5], "--seed"),
+    (["epsilon", "-k", 100, "--logits", "x.npy", "--atoms", 1.5], "--atoms"),
+    (["q", "--from", 1.5, "--to", 100], "--from"),
+    (["transfer", "--loss", "gce", "--param", "q", "--from", 10, "--to", "1e2.5"], "--to"),
+    (["curve", "--points", 4.5], "--points"),
+    (["curve", "-k", "10,2.5"], "--classes"),
+    (["tables", "--jobs", 1.5], "--jobs"),
+    (["measure", "--model", "mlp8", "-k", 1.5], "--classes"),
+    (["measure", "--model", "mlp8", "-k", 10, "--batches", 0.5], "--batches"),
+    (["measure", "--model", "mlp8", "-k", 10, "--batch-size", 2.5], "--batch-size"),
+    (["measure", "--model", "mlp8", "-k", 10, "--seeds", "0,1.5"], "--seeds"),
+    (["measure", "--model", "mlp8", "-k", 10, "--threads", 1.5], "--threads"),
+])
+def test_non_integers_stay_usage_errors(args, option):
+    fails(2, option, *args)
+
+
+# ------------------------------------------------------------- the right option
+
+@pytest.mark.parametrize("args,option", [
+    (["epsilon", "-k", 100, "--reference-classes", 1], "--reference-classes must"),
+    (["curve", "--epsilon", "auto", "--reference-classes", 1], "--reference-classes must"),
+    (["q", "--from", 1, "--to", 100], "--from must"),
+    (["transfer", "--loss", "gce", "--param", "q", "--from", 10, "--to", 0], "--to must"),
+])
+def test_a_bad_class_count_names_its_own_option(args, option):
+    err = fails(2, option, *args)
+    assert "--classes" not in err
+
+
+# ---------------------------------------------------------- "no solution" ranges
+
+def _range(err):
+    m = re.search(r"stays within \[([-+0-9.e]+), ([-+0-9.e]+)\]", err)
+    assert m, err
+    return float(m.group(1)), float(m.group(2))
+
+
+@pytest.mark.parametrize("k,std", [(10, 0.5), (2, 1.0), (10, 2.0), (1000, 5.0)])
+def test_no_solution_reports_the_true_range_of_delta(k, std):
+    """A target <δ_k> > 0 is out of reach for MAE (δ_k <= 0). The range the message gives
+    must reach the true extremum (the peak criterion's value), not the scan's value near it."""
+    peak = ok_json("epsilon", "-k", k, "--logit-std", std, "--criterion", "peak")["peak_delta"]
+    err = fails(1, "stays within", "epsilon", "-k", k, "--logit-std", std,
+                "--criterion", "target", "--target", 0.3)
+    lo, hi = _range(err)
+    assert lo == pytest.approx(peak, rel=1e-5, abs=1e-9) and lo <= peak * (1 - 1e-7), (lo, peak)
+    assert hi <= 0 and "lies above" in err
+
+
+def test_transfer_refines_the_extrema_of_its_scan():
+    """AEL's <δ_k>(a) at z = 0 has a narrow minimum near a = 0.1 that the scan of a (26
+    log-spaced values) misses: at K = 4 the message must report the true minimum (checked on
+    a fine grid), and at K = 12 the two roots that hide between two scan points must be found
+    (before: "no solution", exit 1)."""
+    err = fails(1, "no a", "transfer", "--loss", "ael", "--param", "a", "--from", 10, "--to", 4,
+                "--set", "a=0.1")
+    lo, hi = _range(err)
+    m = re.search(r"over a in \[([-+0-9.e]+), ([-+0-9.e]+)\]", err)
+    a, b = float(m.group(1)), float(m.group(2))
+    fine = [api.mean_delta(0.0, 4, "ael", params={"a": float(x)}).value[0]
+            for x in np.geomspace(a, b, 2000)]
+    assert lo <= min(fine) + 1e-6 and lo == pytest.approx(min(fine), rel=1e-5), (lo, min(fine))
+    assert hi == pytest.approx(max(fine), abs=1e-9) and "lies below" in err
+    d = ok_json("transfer", "--loss", "ael", "--param", "a", "--from", 10, "--to", 12,
+                "--set", "a=0.1")
+    assert d["delta_after"] == pytest.approx(d["target"], rel=1e-9)
+    both = sorted([d["value"]] + d["other_roots"])
+    assert len(both) == 2 and both[0] < 0.1 < both[1] * 1.5
+    for root in both:
+        assert api.mean_delta(0.0, 12, "ael", params={"a": root}).value[0] == pytest.approx(
+            d["target"], rel=1e-9)
+
+
+# --------------------------------------------------- exit 2, not "internal error"
+
+@pytest.mark.parametrize("args,pattern", [
+    (["q", "--from", 100, "--to", 1000, "--at", "1e6"], "--at must lie within"),
+    (["q", "--from", 100, "--to", 1000, "--at", -700], "--at must lie within"),
+    (["epsilon", "--loss", "nce", "--classes", 100, "--seed", -1], "--seed must be"),
+    (["curve", "--loss", "nce", "--seed", -1, "--points", 3], "--seed must be"),
+    (["transfer", "--loss", "nce-agce", "--param", "alpha", "--from", 10, "--to", 100,
+      "--seed", -5], "--seed must be"),
+    (["curve", "--z-min", "-1e6", "--z-max", "1e6"], "--z-min must lie within"),
+    (["curve", "--epsilon", "1e300"], "--epsilon"),
+])
+def test_out_of_range_values_are_usage_errors(args, pattern):
+    fails(2, pattern, *args)
+
+
+def test_api_refuses_a_negative_seed():
+    from calibrate_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="seed"):
+        api.epsilon(100, "nce", seed=-1)
+
+
+# ------------------------------------------------------------ logits files
+
+def test_garbage_npy_is_not_called_pickled_data(tmp_path):
+    (tmp_path / "junk.npy").write_bytes(b"these bytes are no numpy file at all")
+    err = fails(2, "not a NumPy .npy file", "epsilon", "-k", 10, "--logits", tmp_path / "junk.npy")
+    assert "pickle" not in err
+    (tmp_path / "junk.npz").write_bytes(b"nor a zip archive")
+    err = fails(2, "not a NumPy .npz", "epsilon", "-k", 10, "--logits", tmp_path / "junk.npz")
+    assert "pickle" not in err
+    (tmp_path / "empty.npy").write_bytes(b"")
+    fails(2, "empty", "epsilon", "-k", 10, "--logits", tmp_path / "empty.npy")
+    # a real object array: that one is pickled data, and is said to be
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    fails(2, "pickled (object) data", "epsilon", "-k", 10, "--logits", tmp_path / "obj.npy")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_a_named_pipe_as_logits_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "logits.npy"
+    os.mkfifo(fifo)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    try:
+        r = subprocess.run([sys.executable, "-m", "calibrate_cli", "epsilon", "-k", "10",
+                            "--logits", str(fifo)], capture_output=True, text=True, timeout=60,
+                           env=env)
+    except subprocess.TimeoutExpired:  # before the fix: blocked waiting for a writer
+        pytest.fail("calibrate blocked on a named pipe")
+    assert r.returncode == 2 and "named pipe" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    fails(2, "is a folder", "epsilon", "-k", 10, "--logits", tmp_path)
+
+
+# ----------------------------------------------------------------- sources
+
+def test_loss_registry_cites_sources_by_name_only():
+    import calibrate_cli.losses.specs as specs
+
+    doc = " ".join(specs.__doc__.split())
+    assert "../shared" not in doc and "peers.md" not in doc
+    assert "Active-Passive Losses" in doc and "Asymmetric Loss Functions" in doc
