@@ -210,3 +210,127 @@ def test_loss_registry_cites_sources_by_name_only():
     doc = " ".join(specs.__doc__.split())
     assert "../shared" not in doc and "peers.md" not in doc
     assert "Active-Passive Losses" in doc and "Asymmetric Loss Functions" in doc
+
+
+# ------------------------------------------------------------------------ measure
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a model is built (the checks must come before)."""
+    pytest.importorskip("torch")
+    import calibrate_cli.train.models as models
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was built before the input was checked")
+
+    monkeypatch.setattr(models, "create_model", refuse)
+
+
+@pytest.mark.parametrize("args", [
+    ["--model", "mlp1024", "-k", 10, "--input-shape", "3,100000,100000"],
+    ["--model", "mlp65536x64", "-k", 10],
+    ["--model", "resnet18", "-k", 10, "--input-shape", "3,4096,4096"],
+    ["--model", "mlp1024", "-k", "1e7", "--batch-size", 2, "--batches", 1],
+])
+def test_measure_refuses_what_does_not_fit_before_building_it(no_model, args):
+    err = fails(2, "8 GiB", "measure", *args)
+    assert "parameters" in err and "activations" in err
+    if args[3] == 10:  # the same through --from-model (which measures 4 batches of 128)
+        fails(2, "8 GiB", "epsilon", "-k", 10, "--from-model", args[1],
+              *(["--input-shape", args[args.index("--input-shape") + 1]]
+                if "--input-shape" in args else []))
+
+
+@pytest.mark.parametrize("model,shape", [
+    ("mlp1024", (3, 32, 32)), ("mlp64x5", (1, 24, 24)), ("cnn8", (3, 32, 32)),
+    ("cnn8", (1, 24, 24)), ("resnet18", (3, 32, 32)), ("resnet34-imagenet", (1, 64, 64)),
+    ("resnet50", (3, 32, 32)), ("resnet50", (3, 96, 96)),
+])
+def test_model_size_counts_the_parameters_exactly(model, shape):
+    pytest.importorskip("torch")
+    from calibrate_cli.measure import model_size
+    from calibrate_cli.train.models import count_parameters, create_model
+
+    params, per_input = model_size(model, 37, shape)
+    net = create_model(model, num_classes=37, in_channels=shape[0], image_size=shape[1])
+    assert params == count_parameters(net)
+    assert per_input > shape[0] * shape[1] * shape[2]
+
+
+def test_measure_checks_out_before_measuring(tmp_path, no_model):
+    fails(2, "does not exist", "measure", "--model", "mlp8", "-k", 10,
+          "--out", tmp_path / "missing" / "l.npz")
+    (tmp_path / "d.npz").mkdir()
+    fails(2, "is a folder", "measure", "--model", "mlp8", "-k", 10, "--out", tmp_path / "d.npz")
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            fails(2, "cannot be written", "measure", "--model", "mlp8", "-k", 10,
+                  "--out", ro / "l.npz")
+        finally:
+            ro.chmod(0o700)
+        assert os.listdir(ro) == []
+
+
+def test_measure_writes_out_atomically_and_leaves_no_probe(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "l.npz"
+    d = ok_json("measure", "--model", "mlp8", "-k", 10, "--batches", 1, "--batch-size", 16,
+                "--threads", 1, "--out", out)
+    assert sorted(os.listdir(tmp_path)) == ["l.npz"] and d["out"] == str(out)
+    with np.load(out) as f:
+        assert f["logits"].shape == (16, 10)
+
+
+def test_measure_glyph_inputs_explain_the_character_count():
+    pytest.importorskip("torch")
+    d = ok_json("measure", "--model", "mlp8", "--dataset", "glyphs", "-k", 10, "--batches", 1,
+                "--batch-size", 32, "--threads", 1)
+    text = d["stats"]["inputs"]
+    assert "100 characters" in text and "K = 10" in text and "labels" in text, text
+    assert "600 train" not in text
+
+
+def test_measure_uses_the_train_thread_default_and_restores_the_callers(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from calibrate_cli.measure import measure_logits
+    from calibrate_cli.train import threads as T
+
+    monkeypatch.setattr(T, "_CHOICE", (1, "free cores: test"))
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = measure_logits("mlp8", 10, batches=1, batch_size=8,
+                           progress=lambda s, i: seen.append(torch.get_num_threads()))
+        assert seen == [1] and m.meta["threads"] == 1 and "free cores" in m.meta["threads_reason"]
+        assert torch.get_num_threads() == 2  # the caller's setting is back
+        m = measure_logits("mlp8", 10, batches=1, batch_size=8, threads=2,
+                           progress=lambda s, i: seen.append(torch.get_num_threads()))
+        assert seen[-1] == 2 and m.meta["threads_reason"] == "--threads"
+    finally:
+        torch.set_num_threads(before)
+    r = run("measure", "--model", "mlp8", "-k", 10, "--batches", 1, "--batch-size", 8)
+    assert r.exit_code == 0 and "threads" in r.stdout and "free cores: test" in r.stdout
+
+
+def test_measure_and_from_model_show_progress(monkeypatch):
+    pytest.importorskip("torch")
+    import contextlib
+
+    import calibrate_cli.progress as progress
+
+    steps = []
+
+    @contextlib.contextmanager
+    def record(message, **kw):
+        steps.append(message)
+        yield
+
+    monkeypatch.setattr(progress, "slow_step", record)
+    assert run("measure", "--model", "mlp8", "-k", 10, "--batches", 1, "--batch-size", 8,
+               "--threads", 1).exit_code == 0
+    assert run("epsilon", "-k", 10, "--from-model", "mlp8", "--json").exit_code == 0
+    assert [s.startswith("measuring mlp8") for s in steps] == [True, True], steps

@@ -137,12 +137,16 @@ def make_distribution(*, logit_mean: float | None, logit_std: float | None, logi
         from ..logits import from_array
         from ..measure import measure_logits
 
+        from ..progress import slow_step
+
         input_shape = input_shape or DEFAULTS["input_shape"]
         shape = parse_shape(input_shape)
-        m = measure_logits(from_model, classes, input_shape=shape)
+        with slow_step(f"measuring {from_model} at initialisation"):
+            m = measure_logits(from_model, classes, input_shape=shape)
         if not quiet:
-            say(f"measured {from_model} at initialisation (K = {classes}, inputs {shape}): "
-                f"logit std {m.stats['std']:.4f} over {m.logits.shape[0]} inputs")
+            say(f"measured {from_model} at initialisation (K = {classes}, inputs {shape}, "
+                f"{m.meta['threads']} thread{'s' if m.meta['threads'] != 1 else ''}): logit std {m.stats['std']:.4f} over "
+                f"{m.logits.shape[0]} inputs")
         return from_array(m.logits, source=f"{from_model} at init, input {input_shape}",
                           atoms=atoms)
     return Gaussian(DEFAULTS["logit_mean"] if logit_mean is None else logit_mean,
