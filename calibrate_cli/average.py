@@ -115,6 +115,10 @@ class Averager:
         Monte Carlo settings (only losses whose δ_k depends on every σ_j use them).
     """
 
+    #: Progress hook: called with the number of logits in each Monte Carlo chunk once it has
+    #: been used (the command line counts them against its up-front cost estimate).
+    on_draws = None
+
     def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0):
         if samples < 16:
             raise UsageError(f"--samples must be at least 16, got {samples}")
@@ -275,6 +279,8 @@ class Averager:
             m = min(rows, self.samples - start)
             rng = np.random.default_rng([self.seed, classes, i])
             yield self.dist.sample(rng, (m, n))
+            if self.on_draws is not None:
+                self.on_draws(m * n)
 
     def _per_sample(self, term: Term, classes: int, zk: float, slope: bool) -> np.ndarray:
         key = (term.loss.name, tuple(sorted(term.params.items())), classes, zk, slope)

@@ -334,3 +334,166 @@ def test_measure_and_from_model_show_progress(monkeypatch):
                "--threads", 1).exit_code == 0
     assert run("epsilon", "-k", 10, "--from-model", "mlp8", "--json").exit_code == 0
     assert [s.startswith("measuring mlp8") for s in steps] == [True, True], steps
+
+
+# ------------------------------------------------------------ Monte Carlo cost
+
+def _whole_vector_loss():
+    """A loss averaged over whole logit vectors whatever reductions the engine learns:
+    MAE of the softmax at temperature t, written only as ``full`` (δ_k = -2 p (1 - p) / t,
+    p = σ_k(z/t)): a bump in z, as every bounded loss."""
+    from calibrate_cli.losses.base import LossSpec, Param
+
+    def full(logits, params):
+        t = params["t"]
+        x = logits / t
+        x = x - x.max(axis=1, keepdims=True)
+        e = np.exp(x)
+        p = e[:, 0] / e.sum(axis=1)
+        return -2.0 * p * (1.0 - p) / t
+
+    return LossSpec(name="mae-t", title="MAE with temperature", formula="", delta_formula="",
+                    params=(Param("t", 1.0, 0.0, np.inf, True, True, "temperature"),),
+                    full=full)
+
+
+def _count_draws(av):
+    drawn = [0]
+    av.on_draws = lambda n: drawn.__setitem__(0, drawn[0] + n)
+    return drawn
+
+
+@pytest.mark.parametrize("what", ["match", "peak", "target", "transfer", "curve"])
+def test_monte_carlo_cost_counts_the_draws_the_solver_makes(monkeypatch, what):
+    """The estimate counts the logits the engine will draw (timing aside): it must agree
+    with what the engine's hook counts while solving, within a factor 1.5."""
+    import calibrate_cli.cost as cost
+    from calibrate_cli.average import Averager
+    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.solve import solve_epsilon, solve_transfer
+
+    monkeypatch.setattr(cost, "SMALL", 0)
+    spec = _whole_vector_loss()
+    params = {"t": 1.0}
+    for k, std in ((30, 0.5), (300, 2.0)):
+        av = Averager(Gaussian(0.0, std), samples=64, seed=1)
+        if what == "transfer":
+            work = cost.transfer_evaluations(spec, params, "t", k, 10)
+        elif what == "curve":
+            work = {k: 41 + 2}
+        else:
+            work = cost.epsilon_evaluations(av, k, what, 10)
+        c = cost.monte_carlo_cost(av, [(spec, params, work)])
+        assert c is not None and c.seconds > 0 and c.evaluations > 0
+        drawn = _count_draws(av)
+        if what == "transfer":
+            solve_transfer(spec, params, "t", k, 10, av.dist, averager=av)
+        elif what == "curve":
+            av.mean_delta(spec, params, k, np.linspace(-3, 10, 41))
+            av.mean_delta(spec, params, k, np.array([0.0, 0.0]))
+        else:
+            target = -0.2 if what == "target" else None
+            solve_epsilon(spec, params, k, av.dist, criterion=what, target=target, averager=av)
+        assert c.draws / 2 <= drawn[0] <= c.draws * 1.25, (what, k, c.draws, drawn[0])
+
+
+def test_monte_carlo_cost_is_none_for_exact_and_small_work():
+    import calibrate_cli.cost as cost
+    from calibrate_cli.average import Averager
+    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.losses import get_loss, resolve_params
+
+    av = Averager(Gaussian(0.0, 0.5), samples=1024)
+    mae = get_loss("mae")
+    assert cost.monte_carlo_cost(av, [(mae, resolve_params(mae), {10**7: 80})]) is None
+    spec = _whole_vector_loss()
+    assert cost.monte_carlo_cost(av, [(spec, {"t": 1.0}, {10: 80})]) is None  # 8e5 logits
+
+
+@pytest.fixture
+def slow_machine(monkeypatch):
+    """A whole-vector loss on a machine where a logit costs 1 µs, and a solver that stops at
+    once (the test is about what is said before the work)."""
+    import calibrate_cli.cli.common as common
+    import calibrate_cli.cost as cost
+    from calibrate_cli.errors import NoSolutionError
+
+    spec = _whole_vector_loss()
+    monkeypatch.setattr(common, "get_loss", lambda name: spec)
+    monkeypatch.setattr(cost, "_rates", lambda av, k, terms: (1e-6, 1e-6))
+
+    def stop(*a, **k):
+        raise NoSolutionError("stopped by the test")
+
+    import calibrate_cli.cli.curve as curve
+    import calibrate_cli.cli.epsilon as epsilon
+    import calibrate_cli.cli.transfer as transfer
+
+    monkeypatch.setattr(epsilon, "solve_epsilon", stop)
+    monkeypatch.setattr(transfer, "solve_transfer", stop)
+    monkeypatch.setattr(curve.c.Averager, "mean_delta", stop)
+
+
+@pytest.mark.parametrize("args,seconds", [
+    (["epsilon", "-k", 10, "--samples", "2e6"], None),
+    (["q", "--loss", "x", "--from", 10, "--to", 1000, "--samples", 100000], None),
+    (["curve", "-k", "1e6", "--points", 41], (43 * 10**6 + 10**6 - 1) * 1024 * 1e-6),
+])
+def test_long_monte_carlo_work_is_announced_on_stderr(slow_machine, args, seconds):
+    if args[0] == "q":
+        args = ["transfer", "--loss", "x", "--param", "t"] + args[3:]
+    r = run(*args)
+    assert r.exit_code == 1
+    lines = r.stderr.strip().split("\n")
+    assert len(lines) == 2 and lines[0].startswith("note: Monte Carlo over whole logit vectors")
+    assert "on this machine" in lines[0] and "--samples" in lines[0]
+    assert lines[1] == "error: stopped by the test"
+    if seconds is not None:  # (43 evaluations + one pass of draws) × 1024 vectors × 10^6 logits × 1 µs
+        assert f"about {seconds / 3600:.1f} h" in lines[0], lines[0]
+
+
+def test_long_monte_carlo_work_shows_its_estimate_on_a_terminal(slow_machine, monkeypatch):
+    import contextlib
+
+    import calibrate_cli.progress as progress
+
+    shown = []
+
+    @contextlib.contextmanager
+    def record(message, **kw):
+        shown.append((message, kw))
+        yield
+
+    monkeypatch.setattr(progress, "slow_step", record)
+    monkeypatch.setattr(progress, "interactive", lambda stream=None: True)
+    r = run("epsilon", "-k", 10, "--samples", "2e6")
+    assert r.exit_code == 1 and "note:" not in r.stderr  # the terminal shows it instead
+    (message, kw), = shown
+    assert message.startswith("Monte Carlo") and kw["after"] == 0 and kw["estimate"] > 60
+    assert kw["fraction"]() == 0
+
+
+def test_progress_line_shows_estimate_and_part_done():
+    import time
+
+    from calibrate_cli.progress import slow_step
+
+    class Tty:
+        def __init__(self):
+            self.text = []
+
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            self.text.append(s)
+
+        def flush(self):
+            pass
+
+    tty = Tty()
+    with slow_step("working", after=0.0, estimate=300, stream=tty, fraction=lambda: 0.25):
+        time.sleep(0.4)
+    out = "".join(tty.text)
+    assert "working" in out and "of about 5 min" in out and "25 %" in out
+    assert out.endswith("\r\x1b[K")  # erased at the end

@@ -6,6 +6,7 @@ the same way. Nothing here imports torch; ``--from-model`` imports it when used.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -178,6 +179,44 @@ def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed must be an integer >= 0, got {seed}")
     return seed
+
+
+#: Monte Carlo work estimated above this many seconds is announced (a line on stderr when it
+#: is not a terminal; on a terminal the progress line shows the estimate from the start).
+LONG_WORK = 60.0
+
+
+@contextlib.contextmanager
+def monte_carlo_work(av: Averager, work) -> Any:
+    """Around a command's computation: estimate its Monte Carlo work up front
+    (:func:`calibrate_cli.cost.monte_carlo_cost`; ``work`` lists (loss spec, params,
+    {K: evaluations})) and show it. Over :data:`LONG_WORK` seconds: on a terminal a progress
+    line with the estimate and the part done at once, else one line on stderr saying the
+    estimate; shorter work shows the progress line after 2 s on a terminal only."""
+    from ..cost import monte_carlo_cost
+
+    cost = monte_carlo_cost(av, work)
+    if cost is None:
+        yield None
+        return
+    from ..progress import _seconds, interactive, slow_step
+
+    long = cost.seconds > LONG_WORK
+    if long and not interactive():
+        say(f"note: {cost.describe()}: about {_seconds(cost.seconds)} on this machine "
+            "(timed on one chunk); a smaller --samples is proportionally faster")
+    drawn = [0]
+
+    def count(n):
+        drawn[0] += n
+
+    av.on_draws = count
+    try:
+        with slow_step(cost.describe(), after=0.0 if long else 2.0, estimate=cost.seconds,
+                       fraction=lambda: drawn[0] / max(cost.draws, 1)):
+            yield cost
+    finally:
+        av.on_draws = None
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

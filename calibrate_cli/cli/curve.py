@@ -125,24 +125,37 @@ def curve(
                            "underflows in float64; give a smaller --epsilon")
     z = np.linspace(lo, hi, points)
 
-    curves = []
-    for spec, params in losses:
+    from ..cost import epsilon_evaluations
+
+    def evaluations() -> dict[int, int]:  # per loss: the grid, μ and μ + ε, and the solve
+        evals: dict[int, int] = {}
         for k in ks:
+            evals[k] = evals.get(k, 0) + points + 2
             if eps_opt == "auto":
-                eps = solve_epsilon(spec, params, k, dist, criterion=criterion,
-                                    reference_classes=reference_classes, averager=av).epsilon
-            else:
-                eps = 0.0 if eps_opt == "none" else float(eps_opt)
-            a = av.mean_delta(spec, params, k, z + eps)
-            at_mu = av.mean_delta(spec, params, k, np.array([mu, mu + eps]))
-            curves.append({
-                "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
-                "classes": k, "epsilon": eps,
-                "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
-                "method": a.method, "note": a.note or None, "delta": a.value, "error": a.error,
-            })
-            if a.note and not json_:  # (JSON carries it as "note")
-                c.say(f"note: {a.note}")
+                for kk, n in epsilon_evaluations(av, k, criterion, reference_classes).items():
+                    evals[kk] = evals.get(kk, 0) + n
+        return evals
+
+    work = [(spec, params, evaluations) for spec, params in losses]
+    curves = []
+    with c.monte_carlo_work(av, work):
+        for spec, params in losses:
+            for k in ks:
+                if eps_opt == "auto":
+                    eps = solve_epsilon(spec, params, k, dist, criterion=criterion,
+                                        reference_classes=reference_classes, averager=av).epsilon
+                else:
+                    eps = 0.0 if eps_opt == "none" else float(eps_opt)
+                a = av.mean_delta(spec, params, k, z + eps)
+                at_mu = av.mean_delta(spec, params, k, np.array([mu, mu + eps]))
+                curves.append({
+                    "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
+                    "classes": k, "epsilon": eps,
+                    "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
+                    "method": a.method, "note": a.note or None, "delta": a.value, "error": a.error,
+                })
+                if a.note and not json_:  # (JSON carries it as "note")
+                    c.say(f"note: {a.note}")
 
     labels = [f"{cv['loss']} K={cv['classes']}" + (f" eps={cv['epsilon']:.4g}" if cv["epsilon"]
                                                    else "") for cv in curves]

@@ -74,9 +74,13 @@ def epsilon(
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=classes, quiet=json_)
     av = c.make_averager(dist, samples, seed, spec)
-    r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
-                      reference_classes=reference_classes, target=target, branch=branch,
-                      averager=av)
+    from ..cost import epsilon_evaluations
+
+    with c.monte_carlo_work(av, [(spec, params, lambda: epsilon_evaluations(
+            av, check_k(classes), criterion, reference_classes))]):
+        r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
+                          reference_classes=reference_classes, target=target, branch=branch,
+                          averager=av)
     d = dist.describe()
     if json_:
         c.emit_json("epsilon", {

@@ -49,7 +49,11 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=k_to, quiet=json_)
     av = c.make_averager(dist, samples, seed, spec)
-    r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
+    from ..cost import transfer_evaluations
+
+    with c.monte_carlo_work(av, [(spec, params, lambda: transfer_evaluations(
+            spec, params, param, k_from, k_to))]):
+        r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
     d = dist.describe()
     if json_:
         payload = {}
