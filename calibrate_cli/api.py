@@ -30,12 +30,15 @@ from typing import Mapping
 import numpy as np
 
 from .average import DRAW_BUDGET, Average, Averager, default_samples
+from .errors import UsageError
 from .logits import DEFAULT_LOGIT_STD, Gaussian, LogitDistribution
 from .losses import get_loss, resolve_params
 from .solve import EpsilonResult, TransferResult, solve_epsilon, solve_transfer
 
 
 def _setup(loss, preset, params, dist, logit_std, samples, seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed must be an integer >= 0, got {seed!r}")
     spec = get_loss(loss)
     values = resolve_params(spec, preset, params)
     d = dist if dist is not None else Gaussian(0.0, logit_std)

@@ -134,6 +134,10 @@ class Averager:
         differ from NumPy's (another generator), within the Monte Carlo error.
     """
 
+    #: Progress hook: called with the number of logits in each Monte Carlo chunk once it has
+    #: been used (the command line counts them against its up-front cost estimate).
+    on_draws = None
+
     def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                  draw_budget: int | None = None, min_samples: int = MIN_SAMPLES,
                  reduce: bool = True, device: str | None = None):
@@ -319,9 +323,10 @@ class Averager:
             m = min(rows, samples - start)
             if self._torch is not None:
                 yield self._torch.sample(dist, (self.seed, classes, i), (m, n))
-                continue
-            rng = np.random.default_rng([self.seed, classes, i])
-            yield dist.sample(rng, (m, n))
+            else:
+                yield dist.sample(np.random.default_rng([self.seed, classes, i]), (m, n))
+            if self.on_draws is not None:
+                self.on_draws(m * n)
 
     def _per_sample(self, term: Term, classes: int, zs, slope: bool) -> np.ndarray:
         """δ_k (or its slope) per draw at every z of ``zs``: [len(zs), samples], cached per z."""

@@ -231,11 +231,14 @@ def read_logits_array(path: str) -> np.ndarray:
     """The array of a logits file as stored ([N, K] or flat); UsageError naming the problem."""
     if not os.path.exists(path):
         raise UsageError(f"logits file '{path}' does not exist (expected .npy, .npz or .pt)")
+    _check_regular_file(path)
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
+            _check_magic(path, _NPY_MAGIC, "a NumPy .npy file")
             arr = np.load(path, allow_pickle=False)
         elif ext == ".npz":
+            _check_magic(path, _ZIP_MAGIC, "a NumPy .npz (zip) file")
             with np.load(path, allow_pickle=False) as f:
                 keys = list(f.keys())
                 if "logits" not in keys:
@@ -260,10 +263,51 @@ def read_logits_array(path: str) -> np.ndarray:
     except UsageError:
         raise
     except Exception as exc:  # unreadable / corrupt
-        raise UsageError(f"cannot read logits file '{path}': {type(exc).__name__}: {exc}") from None
+        text = str(exc)
+        if "Object arrays" in text:  # a .npy header that says dtype object: real pickles
+            text = ("it holds pickled (object) data, which is never loaded (loading it could "
+                    "run code); save a numeric array")
+        elif "pickled" in text:  # numpy's guess for any content without a .npy header
+            text = "its array is not stored in NumPy's .npy format (corrupt or another format)"
+        else:
+            text = f"{type(exc).__name__}: {text}"
+        raise UsageError(f"cannot read logits file '{path}': {text}") from None
     if not np.issubdtype(np.asarray(arr).dtype, np.number):
         raise UsageError(f"'{path}': logits must be numeric, got dtype {np.asarray(arr).dtype}")
     if np.iscomplexobj(arr):
         raise UsageError(f"'{path}': logits are complex numbers (dtype {np.asarray(arr).dtype}); "
                          "give real logits")
     return np.asarray(arr)
+
+
+_NPY_MAGIC = (b"\x93NUMPY",)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an empty one: the second)
+
+
+def _check_regular_file(path: str) -> None:
+    """Refuse what is not a regular file before opening it: reading a named pipe (FIFO) or a
+    device would wait for a writer forever, a folder cannot be read at all."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UsageError(f"cannot read logits file '{path}': {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "not a regular file")
+    raise UsageError(f"logits file '{path}' is {kind}; give a regular .npy, .npz or .pt file "
+                     "(save the logits to a file first)")
+
+
+def _check_magic(path: str, magics: tuple[bytes, ...], what: str) -> None:
+    """UsageError unless the file starts like ``what`` (numpy would otherwise take any
+    unknown content for a pickle and say so)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not any(head.startswith(m) for m in magics):
+        found = "it is empty" if not head else "it does not start with the format's header"
+        raise UsageError(f"cannot read logits file '{path}': not {what} ({found}; "
+                         "corrupt, truncated, or another format with this extension)")

@@ -40,6 +40,16 @@ statistics are those of c_{nk} = z_{nk} - \bar z_n:
   between the empirical distribution of c and the Gaussian N(0, std²) fitted
   by its moments.
 * ``inputs``: a sentence saying which inputs were used.
+
+Size and threads
+----------------
+Before anything is built, :func:`model_size` estimates the parameters and the activations of
+one batch from the architecture alone; a measurement that would need more than
+:data:`MAX_BYTES` (8 GiB of float32 parameters and activations) is refused with a usage
+error naming the sizes, rather than left to exhaust memory (``--input-shape 3,100000,100000``
+or ``mlp65536x64``). torch runs with ``threads`` threads, by default the free physical cores
+(:func:`calibrate_cli.train.threads.resolve`, as ``calibrate train``), and the caller's setting
+is restored afterwards.
 """
 
 from __future__ import annotations
@@ -64,6 +74,13 @@ DATASET_SHAPES = {
 }
 DEFAULT_SHAPE = (3, 32, 32)
 MAX_VALUES = 50_000_000  # N·K logits held in memory (400 MB of float64)
+#: Largest measurement accepted: float32 parameters plus the activations of one batch, as
+#: estimated by :func:`model_size` (8 GiB).
+MAX_BYTES = 8 * 2 ** 30
+#: Parameters of the ResNets without their stem convolution and output layer, and the width
+#: of the output layer's input.
+_RESNET_BODY = {"resnet18": (11_167_104, 512), "resnet34": (21_275_264, 512),
+                "resnet50": (23_498_624, 2048)}
 
 
 @dataclass
@@ -157,6 +174,92 @@ def resolve_device(device: str) -> str:
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got '{device}'")
 
 
+# ------------------------------------------------------------------------ size
+def model_size(model: str, classes: int, shape) -> tuple[int, int]:
+    """(parameters, activation values per input) of ``model`` for K = ``classes`` and inputs
+    of ``shape`` (C, H, W), from the architecture alone (nothing is built).
+
+    Parameters are exact (see ``calibrate_cli.train.models``). Activations: the input plus
+    three times the largest layer output -- in inference without gradients torch keeps
+    about a layer's input, its output and (ResNets) the residual at a time.
+    """
+    from .train.models import parse_model_name
+
+    family, opts = parse_model_name(model)
+    c, h, w = (int(s) for s in shape)
+    pixels = c * h * w
+    if family == "mlp":
+        width, depth = opts["width"], opts["depth"]
+        params = (pixels * width + width + (depth - 1) * (width * width + width)
+                  + width * classes + classes)
+        return params, pixels + 3 * max(width, classes)
+    if family == "cnn8":
+        params, cin = 0, c
+        for width in (64, 128, 196):  # two 3x3 convolutions with batch norm per block
+            params += (cin * 9 + 1) * width + 2 * width + (width * 9 + 1) * width + 2 * width
+            cin = width
+        side = h // 8
+        params += 196 * side * side * 256 + 256 + 2 * 256 + 256 * classes + classes
+        return params, pixels + 3 * 64 * h * w
+    body, head = _RESNET_BODY[family]
+    stem = opts.get("stem") or ("cifar" if h <= 64 else "imagenet")
+    k = 3 if stem == "cifar" else 7
+    params = body + 64 * c * k * k + head * classes + classes
+    side = h if stem == "cifar" else -(-h // 2)  # the stem's output side
+    widest = 64 * side * side
+    if family == "resnet50":  # the first stage widens to 256 channels at the stem's side
+        widest = max(widest, 256 * side * side if stem == "cifar" else 256 * (-(-side // 2)) ** 2)
+    return params, pixels + 3 * widest
+
+
+def check_size(model: str, classes: int, shape, batch_size: int) -> int:
+    """The estimated bytes of a measurement; UsageError beyond :data:`MAX_BYTES`."""
+    params, per_input = model_size(model, classes, shape)
+    need = 4 * (params + batch_size * per_input)
+    if need > MAX_BYTES:
+        c, h, w = shape
+        raise UsageError(
+            f"{model} with K = {classes} on inputs {c}x{h}x{w} needs about {_bytes(need)} "
+            f"({params:.3g} parameters, {per_input:.3g} activations per input × batch "
+            f"{batch_size}), more than the {_bytes(MAX_BYTES)} a measurement may use; use a "
+            "smaller model, --input-shape or --batch-size")
+    return need
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+    return f"{n / 1024:.3g} KiB"
+
+
+def check_output(path: str, option: str = "--out") -> str:
+    """Check before measuring that ``path`` can be written (atomically: a temporary file in
+    its folder, renamed over it): extension .npz or .npy, an existing writable folder, not a
+    folder itself. The probe file is removed at once."""
+    import tempfile
+
+    from .atomic import TMP_PREFIX, _storage_error
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npz", ".npy"):
+        raise UsageError(f"{option} must end in .npz or .npy, got '{path}'")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} '{path}' is a folder; give a file name ending in {ext}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} '{path}': folder '{folder}' does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix="-probe")
+    except OSError as exc:
+        raise (_storage_error(path, exc)
+               or UsageError(f"{option} '{path}' cannot be written: {exc.strerror or exc}")) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 # ---------------------------------------------------------------------- inputs
 def _check_shape(shape) -> tuple[int, int, int]:
     try:
@@ -179,8 +282,9 @@ def _normalise_key(dataset: str) -> str:
 class _Inputs:
     """Produces batch i of seed s as a float32 array [B, C, H, W]."""
 
-    def __init__(self, dataset, data_dir, input_shape, total: int):
+    def __init__(self, dataset, data_dir, input_shape, total: int, classes: int | None = None):
         self.images = None
+        self.classes = classes
         if dataset is None:
             self.shape = _check_shape(input_shape if input_shape is not None else DEFAULT_SHAPE)
             c, h, w = self.shape
@@ -225,8 +329,18 @@ class _Inputs:
         x = (x - np.asarray(b.mean, np.float32)) / np.asarray(b.std, np.float32)
         self.images = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         self.shape = tuple(self.images.shape[1:])
-        self.text = (f"real images: {len(idx)} train images of {key}, normalised with the "
-                     f"dataset's per-channel mean and std ({b.description})")
+        if key == "glyphs":  # say why 100 characters feed a model of K classes
+            c, h, w = self.shape
+            model = f" K = {self.classes} classes" if self.classes else "ny K"
+            self.text = (f"real images: {len(idx)} glyph images ({h}x{w} grayscale), drawn at "
+                         f"random from all {b.classes} characters of the embedded set "
+                         f"({len(split)} rendered, {len(split) // b.classes} per character) "
+                         "and normalised with its per-channel mean and std; at "
+                         "initialisation only the images matter, not their labels, so one "
+                         f"set serves a model of{model}")
+        else:
+            self.text = (f"real images: {len(idx)} train images of {key}, normalised with "
+                         f"the dataset's per-channel mean and std ({b.description})")
 
     def batch(self, seed: int, i: int, size: int) -> np.ndarray:
         if self.images is None:
@@ -248,13 +362,17 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
 def measure_logits(model: str, classes: int, *, dataset: str | None = None,
                    data_dir: str | None = None, input_shape=None, batches: int = 4,
                    batch_size: int = 128, seeds=(0,), device: str = "auto",
-                   progress=None) -> Measurement:
+                   progress=None, threads: int | None = None) -> Measurement:
     """Logits of ``model`` with K = ``classes`` at its default initialisation.
 
     For each seed s in ``seeds`` the model is built with ``seed=s`` and fed
     ``batches`` batches of ``batch_size`` inputs (Gaussian inputs drawn with
     seed s; real images cycle through one seeded shuffle). The logits of all
     seeds are stacked: N = len(seeds)·batches·batch_size rows.
+
+    The size is checked before anything is built (:func:`check_size`); torch runs with
+    ``threads`` threads (default: the free physical cores, as ``calibrate train``), and the
+    caller's setting is restored.
     """
     from .average import check_classes
 
@@ -270,11 +388,47 @@ def measure_logits(model: str, classes: int, *, dataset: str | None = None,
     if total * len(seeds) * classes > MAX_VALUES:
         raise UsageError(f"{total * len(seeds)} inputs × {classes} classes is more than "
                          f"{MAX_VALUES:.0e} logits; lower --batches, --batch-size or --seeds")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise UsageError(f"--threads must be an integer >= 1, got {threads}")
+    from .train import threads as thread_choice
+
+    thread_choice.before_torch()  # before torch's first import: OpenMP threads sleep, not spin
+    n_threads, why = thread_choice.resolve(threads)
     from .train.models import parse_model_name
 
-    parse_model_name(model)  # unknown names fail before torch is imported
-    inputs = _Inputs(dataset, data_dir, input_shape, total)
+    parse_model_name(model)  # unknown names fail first
+    # synthetic inputs are only a shape here; real images: at most `total` of them are read
+    inputs = _Inputs(dataset, data_dir, input_shape, total, classes)
+    check_size(model, classes, inputs.shape, batch_size)  # before any model or batch exists
 
+    import torch
+
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        logits, rows, dev = _run(model, classes, inputs, batches, batch_size, seeds, device,
+                                 progress)
+    finally:
+        torch.set_num_threads(caller_threads)
+    if not np.all(np.isfinite(logits)):
+        raise UsageError(f"{model}: the logits at initialisation are not finite")
+    stats = logit_stats(logits, rows)
+    stats["inputs"] = inputs.text
+    shape_text = "x".join(map(str, inputs.shape))
+    meta = {
+        "tool": "calibrate", "version": __version__, "model": model, "classes": classes,
+        "dataset": dataset, "input_shape": list(inputs.shape), "inputs": inputs.text,
+        "batches": batches, "batch_size": batch_size, "seeds": seeds, "device": dev,
+        "threads": n_threads, "threads_reason": why,
+        "torch": torch.__version__, "mode": "train (batch-norm batch statistics), no grad",
+        "source": f"{model} at init, K={classes}, inputs {shape_text}",
+    }
+    return Measurement(logits, stats, meta)
+
+
+def _run(model, classes, inputs, batches, batch_size, seeds, device, progress):
+    """(logits [N, K], rows of each seed, device) of the measurement."""
     import torch
 
     from .train.models import create_model
@@ -298,20 +452,7 @@ def measure_logits(model: str, classes: int, *, dataset: str | None = None,
         rows.append(np.arange(start, start + part.shape[0]))
         start += part.shape[0]
         del net
-    logits = np.concatenate(chunks)
-    if not np.all(np.isfinite(logits)):
-        raise UsageError(f"{model}: the logits at initialisation are not finite")
-    stats = logit_stats(logits, rows)
-    stats["inputs"] = inputs.text
-    shape_text = "x".join(map(str, inputs.shape))
-    meta = {
-        "tool": "calibrate", "version": __version__, "model": model, "classes": classes,
-        "dataset": dataset, "input_shape": list(inputs.shape), "inputs": inputs.text,
-        "batches": batches, "batch_size": batch_size, "seeds": seeds, "device": dev,
-        "torch": torch.__version__, "mode": "train (batch-norm batch statistics), no grad",
-        "source": f"{model} at init, K={classes}, inputs {shape_text}",
-    }
-    return Measurement(logits, stats, meta)
+    return np.concatenate(chunks), rows, dev
 
 
 def load_measurement_meta(path: str) -> dict:

@@ -3,7 +3,9 @@
 :func:`slow_step` wraps a block of work: if the block is still running after ``after`` seconds
 (2 by default) and stderr is a terminal, a line ``⠋ <message>  12 s`` appears on stderr and
 is refreshed until the block ends, then erased. Piped or redirected output never sees it, so
-logs and ``--json`` output stay clean. Nothing here imports anything heavy.
+logs and ``--json`` output stay clean. With ``estimate`` (seconds) the line shows it, and with
+``fraction`` (a function returning the part done, 0 to 1) the percentage:
+``⠋ <message>  37 s of about 5 min, 12 %``. Nothing here imports anything heavy.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ def interactive(stream=None) -> bool:
 
 
 @contextlib.contextmanager
-def slow_step(message: str, *, after: float = 2.0, estimate: float | None = None, stream=None):
+def slow_step(message: str, *, after: float = 2.0, estimate: float | None = None, stream=None,
+              fraction=None):
     """Show ``message`` and the elapsed seconds on a terminal once the block has run ``after``
-    seconds; ``estimate`` (seconds) is shown beside it when known. Nested calls show the
+    seconds; ``estimate`` (seconds) is shown beside it when known, and the percentage done
+    when ``fraction`` (a function returning 0 to 1) is given. Nested calls show the
     outermost one only."""
     stream = sys.stderr if stream is None else stream
     if getattr(_ACTIVE, "on", False) or not interactive(stream):
@@ -39,14 +43,21 @@ def slow_step(message: str, *, after: float = 2.0, estimate: float | None = None
     stop = threading.Event()
     shown = []
     t0 = time.perf_counter()
-    hint = f" (about {_seconds(estimate)})" if estimate else ""
+    hint = f" of about {_seconds(estimate)}" if estimate else ""
 
     def spin():
         if stop.wait(after):
             return
         i = 0
         while not stop.is_set():
-            text = f"\r{_FRAMES[i % len(_FRAMES)]} {message}{hint}  {time.perf_counter() - t0:.0f} s"
+            done = ""
+            if fraction is not None:
+                try:
+                    done = f", {min(99.0, 100.0 * float(fraction())):.0f} %"
+                except Exception:  # a progress display never fails the work
+                    done = ""
+            text = (f"\r{_FRAMES[i % len(_FRAMES)]} {message}  "
+                    f"{time.perf_counter() - t0:.0f} s{hint}{done}")
             try:
                 stream.write(text + "\x1b[K")
                 stream.flush()

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
-from scipy.optimize import brentq
+from scipy.optimize import brentq, minimize_scalar
 
-from .average import Averager, NonFiniteAverage, check_classes, default_samples
+from .average import Z_LIMIT, Averager, NonFiniteAverage, check_classes, default_samples
 from .errors import NoSolutionError, UsageError
 from .logits import LogitDistribution
 from .losses.registry import LossSpec, check_params
@@ -93,6 +93,14 @@ class TransferResult:
 
 
 # ------------------------------------------------------------------ helpers
+def check_k(value, option: str = "--classes") -> int:
+    """A class count (an integer in [2, 10^9]); the error names ``option``."""
+    try:
+        return check_classes(value)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("--classes", option, 1)) from None
+
+
 def _window(dist: LogitDistribution, averager: Averager, classes: int, step: float = 2.0):
     """z_c ± HALF_WINDOW, widened to ln S ± HALF_WINDOW for the range ln S takes (wide
     logit distributions: S is dominated by its largest term, far from (K-1)·E[e^z])."""
@@ -125,6 +133,41 @@ def find_peak(loss: LossSpec, params, classes: int, averager: Averager):
 
 def _root(f, a, b):
     return brentq(f, a, b, xtol=XTOL, rtol=4 * np.finfo(float).eps)
+
+
+def _with_extrema(f, grid, vals, most: int = 8):
+    """``grid`` and ``vals`` with every interior local extremum of the scan refined between
+    its neighbours and inserted: a scan of step 2 can miss the extremum of a narrow bump by a
+    quarter of its height, and with it two roots, or the true range of ``f`` that a "no
+    solution" message reports. Used only when the scan finds no root. ``most``: extrema
+    refined at most (those farthest from the median first)."""
+    grid = np.asarray(grid, dtype=float)
+    vals = np.asarray(vals, dtype=float)
+    inner = [i for i in range(1, len(vals) - 1)
+             if (vals[i] - vals[i - 1]) * (vals[i + 1] - vals[i]) <= 0]
+    inner.sort(key=lambda i: -abs(vals[i] - np.nanmedian(vals)))
+    xs, vs = [], []
+    for i in inner[:most]:
+        sign = 1.0 if vals[i] <= min(vals[i - 1], vals[i + 1]) else -1.0
+
+        def g(x):
+            try:
+                v = float(f(x))
+            except NonFiniteAverage:
+                return math.inf
+            return sign * v if math.isfinite(v) else math.inf
+
+        with np.errstate(all="ignore"):
+            r = minimize_scalar(g, bounds=(float(grid[i - 1]), float(grid[i + 1])),
+                                method="bounded", options={"xatol": 1e-9})
+        if math.isfinite(r.fun) and sign * r.fun < sign * vals[i]:
+            xs.append(float(r.x))
+            vs.append(float(sign * r.fun))
+    if not xs:
+        return grid, vals
+    g2 = np.append(grid, xs)
+    order = np.argsort(g2, kind="stable")
+    return g2[order], np.append(vals, vs)[order]
 
 
 # ------------------------------------------------------------------- epsilon
@@ -176,7 +219,7 @@ def solve_epsilon(
 
     ref = None
     if criterion == "match":
-        ref_k = check_classes(reference_classes)
+        ref_k = check_k(reference_classes, "--reference-classes")
         ref = av.mean_delta(loss, params, ref_k, mu)
         t, t_err = float(ref.value[0]), float(ref.error[0])
     else:
@@ -186,6 +229,10 @@ def solve_epsilon(
 
     f = vals - t
     z_root, other = _pick_root(f, grid, zs, branch, loss, params, classes, av, t)
+    if z_root is None:  # refine the scan's other extrema: a root may hide between two points
+        grid, vals = _with_extrema(lambda z: av.mean_delta(loss, params, classes, z).value[0],
+                                   grid, vals)
+        z_root, other = _pick_root(vals - t, grid, zs, branch, loss, params, classes, av, t)
     if z_root is None:
         _no_root(loss, classes, t, zs, peak_delta, grid, vals)
     at = av.mean_delta(loss, params, classes, z_root)
@@ -258,15 +305,22 @@ def _pick_root(f, grid, zs, branch, loss, params, classes, av, t):
 
 
 def _no_root(loss, classes, t, zs, peak_delta, grid, vals):
-    if zs is not None and abs(t) > abs(peak_delta):
+    """NoSolutionError saying why: the target lies beyond the extremum, or outside the range
+    that <δ_k>(z) takes (the true range: ``vals`` hold the scan's extrema refined, and the
+    tails are flat beyond the scanned window)."""
+    if zs is not None and t * peak_delta > 0 and abs(t) > abs(peak_delta):
         raise NoSolutionError(
             f"{loss.name} at K = {classes}: the target <δ_k> = {t:.6g} is beyond the extremum "
             f"{peak_delta:.6g} (reached at z = {zs:.4g}); no logit bias reaches it. "
             "Use --criterion peak, or a larger --reference-classes")
-    lo, hi = float(vals.min()), float(vals.max())
+    lo, hi = float(np.min(vals)), float(np.max(vals))
+    if peak_delta is not None:
+        lo, hi = min(lo, peak_delta), max(hi, peak_delta)
+    side = "above" if t > hi else "below"
     raise NoSolutionError(
-        f"{loss.name} at K = {classes}: <δ_k>(z) stays within [{lo:.6g}, {hi:.6g}] for every z, "
-        f"which does not contain the target {t:.6g}; no logit bias reaches it")
+        f"{loss.name} at K = {classes}: <δ_k>(z) stays within [{lo:.6g}, {hi:.6g}] for every z "
+        f"(extrema refined; flat outside the scanned z in [{grid[0]:.4g}, {grid[-1]:.4g}]); the "
+        f"target {t:.6g} lies {side}, so no logit bias reaches it")
 
 
 # ------------------------------------------------------------------ transfer
@@ -296,7 +350,7 @@ def solve_transfer(
     averager: Averager | None = None,
 ) -> TransferResult:
     """θ at ``k_to`` such that <δ_k>(at) equals its value at ``k_from`` with ``params[param]``."""
-    k_from, k_to = check_classes(k_from), check_classes(k_to)
+    k_from, k_to = check_k(k_from, "--from"), check_k(k_to, "--to")
     spec = loss.param(param)
     if spec.flag:
         raise UsageError(f"{loss.name}: '{param}' is a 0/1 switch and cannot be transferred")
@@ -305,6 +359,9 @@ def solve_transfer(
     z = dist.mean if at is None else float(at)
     if not math.isfinite(z):
         raise UsageError(f"--at must be a finite logit value, got {at}")
+    if abs(z - dist.mean) > Z_LIMIT:
+        raise UsageError(f"--at must lie within ±{Z_LIMIT:g} of the logit mean {dist.mean:g} "
+                         f"(beyond, p = σ_k or 1 - p underflows in float64), got {at:g}")
     theta0 = float(params[param])
     ref = av.mean_delta(loss, params, k_from, z)
     t, t_err = float(ref.value[0]), float(ref.error[0])
@@ -330,6 +387,9 @@ def solve_transfer(
     if len(grid) < 2:
         raise NoSolutionError(f"{loss.name}: <δ_k> is not finite over the range of {param}")
     idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
+    if not len(idx):  # refine the scan's extrema: two roots may hide between two points
+        grid, fv = _with_extrema(F_scan, grid, fv)
+        idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
     roots = []
     for i in idx:
         a, b = grid[i], grid[i + 1]
@@ -341,7 +401,8 @@ def solve_transfer(
         side = "above" if t > hi else "below"
         raise NoSolutionError(
             f"{loss.name}: no {param} in {spec.range_text()} gives <δ_k> = {t:.6g} at K = {k_to} "
-            f"(z = {z:g}): over {param} in [{grid[0]:.4g}, {grid[-1]:.4g}] it stays within "
+            f"(z = {z:g}): over {param} in [{grid[0]:.4g}, {grid[-1]:.4g}] (a scan, its "
+            f"extrema refined) it stays within "
             f"[{lo:.6g}, {hi:.6g}], the target lies {side}")
     value = float(roots[0])
     p = dict(params)

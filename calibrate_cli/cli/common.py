@@ -6,6 +6,7 @@ the same way. Nothing here imports torch; ``--from-model`` imports it when used.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,7 @@ from ..errors import UsageError
 from ..logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
                       load_logits)
 from ..losses import get_loss, parse_assignments, resolve_params
+from .params import INT, parse_int
 
 LOSS_PANEL = "Loss"
 DIST_PANEL = "Logit distribution at initialisation"
@@ -53,7 +55,7 @@ Logits = Annotated[Optional[str], typer.Option(
     help="Measured logits (.npy, .npz array 'logits', .pt; shape [N, K] or flat): use their "
          "empirical distribution instead of the Gaussian.")]
 Atoms = Annotated[Optional[int], typer.Option(
-    "--atoms", rich_help_panel=DIST_PANEL, show_default=False,
+    "--atoms", rich_help_panel=DIST_PANEL, show_default=False, click_type=INT,
     help=f"Equal-mass atoms the exact engine uses for --logits / --from-model (default "
          f"{DEFAULT_ATOMS}; 0: every value, slower but in bounded memory).")]
 FromModel = Annotated[Optional[str], typer.Option(
@@ -67,12 +69,13 @@ InputShape = Annotated[Optional[str], typer.Option(
 
 # --------------------------------------------------------------- numerics
 Samples = Annotated[Optional[int], typer.Option(
-    "--samples", rich_help_panel=NUM_PANEL, show_default=False,
+    "--samples", rich_help_panel=NUM_PANEL, show_default=False, click_type=INT,
     help="Monte Carlo logit vectors, for losses whose δ_k depends on more than σ_k "
          f"(default {DEFAULT_SAMPLES} for NCE and its combinations, {DEFAULT_SAMPLES_FULL} "
          "for NFL, biTemp and your own losses, whose cost grows with K).")]
 Seed = Annotated[int, typer.Option(
-    "--seed", rich_help_panel=NUM_PANEL, help="Seed of the Monte Carlo draws.")]
+    "--seed", rich_help_panel=NUM_PANEL, click_type=INT,
+    help="Seed of the Monte Carlo draws (an integer >= 0).")]
 Device = Annotated[str, typer.Option(
     "--device", rich_help_panel=NUM_PANEL,
     help="Where the Monte Carlo draws are made and reduced: cpu (NumPy), cuda, cuda:N "
@@ -140,12 +143,16 @@ def make_distribution(*, logit_mean: float | None, logit_std: float | None, logi
         from ..logits import from_array
         from ..measure import measure_logits
 
+        from ..progress import slow_step
+
         input_shape = input_shape or DEFAULTS["input_shape"]
         shape = parse_shape(input_shape)
-        m = measure_logits(from_model, classes, input_shape=shape)
+        with slow_step(f"measuring {from_model} at initialisation"):
+            m = measure_logits(from_model, classes, input_shape=shape)
         if not quiet:
-            say(f"measured {from_model} at initialisation (K = {classes}, inputs {shape}): "
-                f"logit std {m.stats['std']:.4f} over {m.logits.shape[0]} inputs")
+            say(f"measured {from_model} at initialisation (K = {classes}, inputs {shape}, "
+                f"{m.meta['threads']} thread{'s' if m.meta['threads'] != 1 else ''}): logit std {m.stats['std']:.4f} over "
+                f"{m.logits.shape[0]} inputs")
         return from_array(m.logits, source=f"{from_model} at init, input {input_shape}",
                           atoms=atoms)
     return Gaussian(DEFAULTS["logit_mean"] if logit_mean is None else logit_mean,
@@ -154,7 +161,7 @@ def make_distribution(*, logit_mean: float | None, logit_std: float | None, logi
 
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(s) for s in text.split(","))
+        shape = tuple(parse_int(s) for s in text.split(","))
     except ValueError:
         shape = ()
     if not shape or any(s < 1 for s in shape):
@@ -172,6 +179,7 @@ def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *spec
         samples = default_samples(*specs)
     if samples < 16:
         raise UsageError(f"--samples must be >= 16, got {samples}")
+    check_seed(seed)
     torch_device = None
     if device != "cpu":
         from ..mc_device import check_device_name, parse_device
@@ -182,19 +190,65 @@ def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *spec
     return Averager(dist, samples=samples, seed=seed, draw_budget=budget, device=torch_device)
 
 
+def check_seed(seed: int) -> int:
+    """The Monte Carlo seed: an integer >= 0 (numpy's generators take no negative seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {seed}")
+    return seed
+
+
+#: Monte Carlo work estimated above this many seconds is announced (a line on stderr when it
+#: is not a terminal; on a terminal the progress line shows the estimate from the start).
+LONG_WORK = 60.0
+
+
+@contextlib.contextmanager
+def monte_carlo_work(av: Averager, work) -> Any:
+    """Around a command's computation: estimate its Monte Carlo work up front
+    (:func:`calibrate_cli.cost.monte_carlo_cost`; ``work`` lists (loss spec, params,
+    {K: evaluations})) and show it. Over :data:`LONG_WORK` seconds: on a terminal a progress
+    line with the estimate and the part done at once, else one line on stderr saying the
+    estimate; shorter work shows the progress line after 2 s on a terminal only."""
+    from ..cost import monte_carlo_cost
+
+    cost = monte_carlo_cost(av, work)
+    if cost is None:
+        yield None
+        return
+    from ..progress import _seconds, interactive, slow_step
+
+    long = cost.seconds > LONG_WORK
+    if long and not interactive():
+        say(f"note: {cost.describe()}: about {_seconds(cost.seconds)} on this machine "
+            "(timed on one chunk); a smaller --samples is proportionally faster")
+    drawn = [0]
+
+    def count(n):
+        drawn[0] += n
+
+    av.on_draws = count
+    try:
+        with slow_step(cost.describe(), after=0.0 if long else 2.0, estimate=cost.seconds,
+                       fraction=lambda: drawn[0] / max(cost.draws, 1)):
+            yield cost
+    finally:
+        av.on_draws = None
+
+
 def parse_int_list(text: str, option: str) -> list[int]:
-    """Integers separated by commas, written as integers ('1e3' and '10.0' are refused, as
-    the single-valued integer options refuse them)."""
+    """Integers separated by commas, each written as the single-valued integer options take
+    them (:data:`~calibrate_cli.cli.params.INT`: '1e3' and '1000.0' are 1000, '2.5' is
+    refused)."""
     out = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            v = int(part)
+            v = parse_int(part)
         except ValueError:
-            raise UsageError(f"{option} expects integers separated by commas (like 10,100,1000), "
-                             f"got '{part}'") from None
+            raise UsageError(f"{option} expects integers separated by commas (like 10,100,1000 "
+                             f"or 1e3), got '{part}'") from None
         out.append(v)
     if not out:
         raise UsageError(f"{option} needs at least one value")

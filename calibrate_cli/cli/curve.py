@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..average import check_classes
-from ..solve import CRITERIA, solve_epsilon
+from ..average import Z_LIMIT, check_classes
+from ..solve import CRITERIA, check_k, solve_epsilon
 from . import common as c
+from .params import INT
 
 HELP = """The average backpropagation error <δ_k>(z) of the correct class against its logit z.
 
@@ -58,14 +59,15 @@ def curve(
         "--criterion", show_default=False,
         help=f"Criterion of --epsilon auto: {', '.join(CRITERIA[:2])} (default match).")] = None,
     reference_classes: Annotated[Optional[int], typer.Option(
-        "--reference-classes", show_default=False,
+        "--reference-classes", show_default=False, click_type=INT,
         help="K_ref of the match criterion of --epsilon auto (default 10).")] = None,
     z_min: Annotated[Optional[float], typer.Option(
         "--z-min", help="Grid start (default: logit mean - 3).")] = None,
     z_max: Annotated[Optional[float], typer.Option(
         "--z-max", help="Grid end (default: logit mean + ln(K_max - 1) + 6, or further for a "
                         "wide logit distribution, so that the peak is shown).")] = None,
-    points: Annotated[int, typer.Option("--points", help="Grid points (2 to 100000).")] = 41,
+    points: Annotated[int, typer.Option("--points", click_type=INT,
+                                        help="Grid points (2 to 100000).")] = 41,
     logit_mean: c.LogitMean = None,
     logit_std: c.LogitStd = None,
     logits: c.Logits = None,
@@ -94,7 +96,8 @@ def curve(
         raise c.UsageError(f"--criterion of --epsilon auto must be match or peak, got '{criterion}'")
     if reference_classes is not None and criterion != "match":
         raise c.UsageError("--reference-classes is only used with --criterion match")
-    reference_classes = 10 if reference_classes is None else reference_classes
+    reference_classes = 10 if reference_classes is None else check_k(reference_classes,
+                                                                      "--reference-classes")
     names = [n.strip() for item in loss for n in item.split(",") if n.strip()]
     if not names:
         raise c.UsageError("--loss needs at least one loss name")
@@ -113,26 +116,47 @@ def curve(
         hi = z_max
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise c.UsageError(f"need finite --z-min < --z-max, got {lo:g} and {hi:g}")
+    for name, v in (("--z-min", lo), ("--z-max", hi)):
+        if abs(v - mu) > Z_LIMIT:
+            raise c.UsageError(f"{name} must lie within ±{Z_LIMIT:g} of the logit mean {mu:g} "
+                               f"(beyond, p = σ_k or 1 - p underflows in float64), got {v:g}")
+    if isinstance(eps_opt, float) and max(abs(lo + eps_opt - mu), abs(hi + eps_opt - mu)) > Z_LIMIT:
+        raise c.UsageError(f"--epsilon {eps_opt:g} moves the grid [{lo:g}, {hi:g}] beyond "
+                           f"±{Z_LIMIT:g} of the logit mean {mu:g}, where p = σ_k or 1 - p "
+                           "underflows in float64; give a smaller --epsilon")
     z = np.linspace(lo, hi, points)
 
-    curves = []
-    for spec, params in losses:
+    from ..cost import epsilon_evaluations
+
+    def evaluations() -> dict[int, int]:  # per loss: the grid, μ and μ + ε, and the solve
+        evals: dict[int, int] = {}
         for k in ks:
+            evals[k] = evals.get(k, 0) + points + 2
             if eps_opt == "auto":
-                eps = solve_epsilon(spec, params, k, dist, criterion=criterion,
-                                    reference_classes=reference_classes, averager=av).epsilon
-            else:
-                eps = 0.0 if eps_opt == "none" else float(eps_opt)
-            a = av.mean_delta(spec, params, k, z + eps)
-            at_mu = av.mean_delta(spec, params, k, np.array([mu, mu + eps]))
-            curves.append({
-                "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
-                "classes": k, "epsilon": eps,
-                "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
-                "method": a.method, "note": a.note or None, "delta": a.value, "error": a.error,
-            })
-            if a.note and not json_:  # (JSON carries it as "note")
-                c.say(f"note: {a.note}")
+                for kk, n in epsilon_evaluations(av, k, criterion, reference_classes).items():
+                    evals[kk] = evals.get(kk, 0) + n
+        return evals
+
+    work = [(spec, params, evaluations) for spec, params in losses]
+    curves = []
+    with c.monte_carlo_work(av, work):
+        for spec, params in losses:
+            for k in ks:
+                if eps_opt == "auto":
+                    eps = solve_epsilon(spec, params, k, dist, criterion=criterion,
+                                        reference_classes=reference_classes, averager=av).epsilon
+                else:
+                    eps = 0.0 if eps_opt == "none" else float(eps_opt)
+                a = av.mean_delta(spec, params, k, z + eps)
+                at_mu = av.mean_delta(spec, params, k, np.array([mu, mu + eps]))
+                curves.append({
+                    "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
+                    "classes": k, "epsilon": eps,
+                    "delta_before": float(at_mu.value[0]), "delta_after": float(at_mu.value[1]),
+                    "method": a.method, "note": a.note or None, "delta": a.value, "error": a.error,
+                })
+                if a.note and not json_:  # (JSON carries it as "note")
+                    c.say(f"note: {a.note}")
 
     labels = [f"{cv['loss']} K={cv['classes']}" + (f" eps={cv['epsilon']:.4g}" if cv["epsilon"]
                                                    else "") for cv in curves]

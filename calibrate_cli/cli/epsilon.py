@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..solve import BRANCHES, CRITERIA, solve_epsilon
+from ..solve import BRANCHES, CRITERIA, check_k, solve_epsilon
 from . import common as c
+from .params import INT
 
 HELP = """The logit bias ε to add to the correct-class logit during training.
 
@@ -28,14 +29,15 @@ def register(app: typer.Typer) -> None:
 
 
 def epsilon(
-    classes: Annotated[int, typer.Option("--classes", "-k", help="Number of classes K (>= 2).")],
+    classes: Annotated[int, typer.Option("--classes", "-k", click_type=INT,
+                                         help="Number of classes K (>= 2; 1e6 is accepted).")],
     loss: c.Loss = "mae",
     preset: c.Preset = None,
     set_: c.Set = None,
     criterion: Annotated[str, typer.Option(
         "--criterion", help=f"One of {', '.join(CRITERIA)}.")] = "match",
     reference_classes: Annotated[Optional[int], typer.Option(
-        "--reference-classes", show_default=False,
+        "--reference-classes", show_default=False, click_type=INT,
         help="K_ref of the match criterion (default 10).")] = None,
     target: Annotated[Optional[float], typer.Option(
         "--target", help="<δ_k> to reach at the logit mean (criterion target).")] = None,
@@ -65,16 +67,21 @@ def epsilon(
     if branch is not None and criterion == "peak":
         raise c.UsageError("--branch is only used with --criterion match or target "
                            "(peak has one answer)")
-    reference_classes = 10 if reference_classes is None else reference_classes
+    reference_classes = 10 if reference_classes is None else check_k(reference_classes,
+                                                                      "--reference-classes")
     branch = branch or "below"
     spec, params = c.make_loss(loss, preset, set_)
     dist = c.make_distribution(logit_mean=logit_mean, logit_std=logit_std, logits=logits,
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=classes, quiet=json_)
     av = c.make_averager(dist, samples, seed, spec, device=device)
-    r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
-                      reference_classes=reference_classes, target=target, branch=branch,
-                      averager=av)
+    from ..cost import epsilon_evaluations
+
+    with c.monte_carlo_work(av, [(spec, params, lambda: epsilon_evaluations(
+            av, check_k(classes), criterion, reference_classes))]):
+        r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
+                          reference_classes=reference_classes, target=target, branch=branch,
+                          averager=av)
     d = dist.describe()
     if json_:
         c.emit_json("epsilon", {

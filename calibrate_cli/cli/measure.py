@@ -8,6 +8,7 @@ import typer
 
 from ..errors import UsageError
 from . import common as c
+from .params import INT
 
 HELP = """Measure the logits of a freshly initialised model and how Gaussian they are.
 
@@ -30,7 +31,8 @@ def register(app: typer.Typer) -> None:
 def measure(
     model: Annotated[str, typer.Option(
         "--model", "-m", help="mlp1024, cnn8, resnet18, resnet34, resnet50 (see 'calibrate train').")],
-    classes: Annotated[int, typer.Option("--classes", "-k", help="Number of classes K (>= 2).")],
+    classes: Annotated[int, typer.Option("--classes", "-k", click_type=INT,
+                                         help="Number of classes K (>= 2).")],
     dataset: Annotated[Optional[str], typer.Option(
         "--dataset", help="Inputs like this dataset: real images for glyphs or with --data-dir, "
                           "else Gaussian inputs of its shape.")] = None,
@@ -39,31 +41,41 @@ def measure(
     input_shape: Annotated[Optional[str], typer.Option(
         "--input-shape", metavar="C,H,W",
         help="Shape of Gaussian inputs without --dataset (default 3,32,32).")] = None,
-    batches: Annotated[int, typer.Option("--batches", help="Batches per seed.")] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per batch.")] = 128,
+    batches: Annotated[int, typer.Option("--batches", click_type=INT,
+                                         help="Batches per seed.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", click_type=INT,
+                                            help="Inputs per batch.")] = 128,
     seeds: Annotated[str, typer.Option(
         "--seeds", help="Initialisation seeds, comma separated; logits of all are pooled.")] = "0",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", click_type=INT, show_default=False,
+        help="CPU threads of torch (default: the free physical cores, as for 'calibrate "
+             "train'; printed).")] = None,
     out: Annotated[Optional[str], typer.Option(
         "--out", "-o", help="Write the logits [N, K] here (.npz with key 'logits', or .npy).")] = None,
     json_: c.Json = False,
 ) -> None:
     import os
 
-    from ..measure import measure_logits
+    from ..measure import check_output, measure_logits
+    from ..progress import slow_step
 
     if data_dir and not dataset:
         raise UsageError("--data-dir needs --dataset NAME")
     if data_dir and not os.path.isdir(data_dir):
         raise UsageError(f"--data-dir '{data_dir}' is not a folder")
-    if out is not None and os.path.splitext(out)[1].lower() not in (".npz", ".npy"):
-        raise UsageError(f"--out must end in .npz or .npy, got '{out}'")
+    if out is not None:
+        check_output(out, "--out")  # writable before the measurement, not after it
     seed_list = c.parse_int_list(seeds, "--seeds") if seeds.strip() else []
     if any(s < 0 for s in seed_list):
         raise UsageError(f"--seeds must be integers >= 0, got '{seeds}'")
     shape = c.parse_shape(input_shape) if input_shape is not None else None
-    m = measure_logits(model, classes, dataset=dataset, data_dir=data_dir, input_shape=shape,
-                       batches=batches, batch_size=batch_size, seeds=seed_list, device=device)
+    with slow_step(f"measuring {model} at initialisation ({len(seed_list)} seed"
+                   f"{'s' if len(seed_list) != 1 else ''} × {batches} batches of {batch_size})"):
+        m = measure_logits(model, classes, dataset=dataset, data_dir=data_dir,
+                           input_shape=shape, batches=batches, batch_size=batch_size,
+                           seeds=seed_list, device=device, threads=threads)
     if out is not None:
         m.to_npz(out)
     s = m.stats
@@ -75,6 +87,7 @@ def measure(
         ("inputs", s["inputs"]),
         ("logits", f"{s['n_inputs']} inputs × {s['classes']} classes, seeds "
                    f"{', '.join(map(str, m.meta['seeds']))}, device {m.meta['device']}"),
+        ("threads", f"{m.meta['threads']} ({m.meta['threads_reason']})"),
         ("mean", f"{s['mean']:.5f}  (softmax ignores it)"),
         ("std", f"{s['std']:.5f}  per-row centred (--logit-std); raw {s['std_raw']:.5f}"),
         ("std per seed", ", ".join(f"{v:.5f}" for v in s["per_seed_std"])),

@@ -11,6 +11,7 @@ import typer
 
 from ..atomic import make_folder
 from ..errors import UsageError
+from .params import INT
 
 HELP = """Compute the tables of ε and recalibrated hyperparameters and write them to --out-dir.
 
@@ -32,7 +33,7 @@ def tables(
     out_dir: Annotated[str, typer.Option("--out-dir", "-o", help="Folder to write to.")] = "tables",
     only: Annotated[Optional[list[str]], typer.Option(
         "--only", help="Compute only this table (repeatable): epsilon, q, transfer, presets.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", click_type=INT, help="Worker processes.")] = 1,
     quick: Annotated[bool, typer.Option(
         "--quick", help="A few rows per table (checks the pipeline; not for committing).")] = False,
 ) -> None:

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..average import check_classes
-from ..solve import TransferResult, solve_transfer
+from ..solve import TransferResult, check_k, solve_transfer
 from . import common as c
+from .params import INT
 
 HELP = """Recalibrate one parameter of a loss for a new number of classes.
 
@@ -23,8 +23,9 @@ Finds θ at --to classes such that <δ_k> at the logit mean (or --at Z) equals i
   calibrate transfer --loss agce --param a --from 10 --to 100 --set q=2
 """
 
-KFrom = Annotated[int, typer.Option("--from", help="K where the parameter value is known to work.")]
-KTo = Annotated[int, typer.Option("--to", help="K to recalibrate for.")]
+KFrom = Annotated[int, typer.Option("--from", click_type=INT,
+                                    help="K where the parameter value is known to work.")]
+KTo = Annotated[int, typer.Option("--to", click_type=INT, help="K to recalibrate for.")]
 At = Annotated[Optional[float], typer.Option(
     "--at", metavar="Z", help="Match <δ_k> at this logit value instead of the logit mean.")]
 
@@ -37,8 +38,8 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
                  at, logit_mean, logit_std, logits, atoms, from_model, input_shape, samples,
                  seed, json_, extra_params: dict | None = None, device: str = "cpu") -> TransferResult:
     """Shared by ``transfer`` and ``q``: parse, solve, print."""
-    k_from = check_classes(k_from)
-    k_to = check_classes(k_to)
+    k_from = check_k(k_from, "--from")
+    k_to = check_k(k_to, "--to")
     if k_from == k_to:
         raise c.UsageError(f"--from and --to are both {k_from}; give two different class counts")
     spec, params = c.make_loss(loss, preset, list(set_ or []) +
@@ -48,7 +49,11 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=k_to, quiet=json_)
     av = c.make_averager(dist, samples, seed, spec, device=device)
-    r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
+    from ..cost import transfer_evaluations
+
+    with c.monte_carlo_work(av, [(spec, params, lambda: transfer_evaluations(
+            spec, params, param, k_from, k_to))]):
+        r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
     d = dist.describe()
     if json_:
         payload = {}

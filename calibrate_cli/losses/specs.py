@@ -21,7 +21,11 @@ Conventions (each a parameter with a documented default):
 * biTemp: tempered softmax with t2 >= 1 normalised exactly (Newton on the
   normaliser), Bregman loss with t1; t1 = t2 = 1 is CE.
 
-Literature presets follow ../shared/peers.md, table A.2.
+Literature presets are the hyperparameters published with the papers and their public code:
+Ma et al. 2020 (Active-Passive Losses, ICML; repository APL), Zhou et al. 2021 (Asymmetric
+Loss Functions, ICML; repository ALFs), Ye et al. 2023 (Active-Negative Loss, NeurIPS;
+repository ANL), Wang et al. 2025 (Joint Asymmetric Loss), Wang et al. 2019 (Symmetric Cross
+Entropy, ICCV); each preset names its source (``Preset.source``).
 """
 
 from __future__ import annotations
