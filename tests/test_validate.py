@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -224,3 +229,68 @@ def test_accuracy_figure_has_a_memorisation_panel():
     np.testing.assert_allclose(acc_line.get_data()[1], [10, 20, 15])
     np.testing.assert_allclose(memo_line.get_data()[1], [15, 50, 90])
     assert P.accuracy_curves(res, "memorised").keys() == {("ce", "symmetric:0.4")}
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as fh:
+                    stat = fh.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmdline = fh.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_workers_stop_when_validate_is_killed(tmp_path):
+    """kill -9 of `validate --jobs 2`: each worker notices, saves its run's completed epochs and
+    exits, so that no orphan trains on into the folders a re-run of the grid resumes."""
+    out = tmp_path / "grid"
+    i = GRID.index("--epochs") + 1
+    args = [*GRID[:i], "5000", *GRID[i + 1:]]  # runs that do not end by themselves
+    proc = subprocess.Popen([sys.executable, "-m", "calibrate_cli", "validate", *args,
+                             "--losses", "ce,mae", "--noise", "0", "--seeds", "0",
+                             "--jobs", "2", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        runs = []
+        while time.monotonic() < deadline:
+            runs = [p for p in out.glob("runs/*/*/*/checkpoint.pt")]
+            if len(runs) == 2:
+                break
+            assert proc.poll() is None, "validate ended before its runs started"
+            time.sleep(0.5)
+        assert len(runs) == 2
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:  # (orphans when the test fails: they are no longer proc's children)
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    for ckpt in runs:
+        metrics = load_json(ckpt.parent / "metrics.json")
+        assert metrics["status"] == "interrupted" and len(metrics["epochs"]) >= 1

@@ -10,18 +10,26 @@ so the results are those of ``jobs = 1`` at the same ``--threads``; the tests ch
 
 Ctrl-C: every worker finishes writing its current run's completed epochs (each run
 catches the interrupt as ``calibrate train`` does), the parent then raises
-``KeyboardInterrupt``; running the same command again resumes the grid.
+``KeyboardInterrupt``; running the same command again resumes the grid. A parent that dies
+without a chance to stop its workers (``kill -9``, SIGTERM) is noticed by each worker within
+a second: the worker interrupts its run the same way (its completed epochs saved) and exits,
+instead of training on as an orphan that a re-run of the grid would find holding the run's
+folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
+import time
 from typing import Callable
 
 from .config import TrainConfig
 
 _BUNDLE = None  # the dataset of a worker process, loaded once
+_RUNNING = threading.Event()  # set while a worker trains a run
 
 
 def _load_bundle(cfg: TrainConfig):
@@ -47,9 +55,29 @@ def default_threads(jobs: int) -> int:
     return max(1, physical_cores() // max(1, jobs))
 
 
-def _worker_init(cfg_dict: dict, threads: int, counter) -> None:
-    """Threads, the dataset, and on a machine with several GPUs one GPU per worker, in turn."""
+#: Seconds a worker whose parent died gives its interrupted run to save, before it exits.
+ORPHAN_GRACE = 60.0
+
+
+def _watch_parent(parent: int, poll: float = 1.0) -> None:
+    """Interrupt this worker (SIGINT: the run saves its completed epochs) once ``parent`` is
+    gone, then end the process: nobody is left to give it work or read its result."""
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os.kill(os.getpid(), signal.SIGINT)
+    end = time.monotonic() + ORPHAN_GRACE
+    while _RUNNING.is_set() and time.monotonic() < end:
+        time.sleep(0.1)
+    os._exit(130)
+
+
+def _worker_init(cfg_dict: dict, threads: int, counter, parent: int | None = None) -> None:
+    """Threads, the dataset, and on a machine with several GPUs one GPU per worker, in turn;
+    a watch on the parent process (see the module's docstring)."""
     global _BUNDLE
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                         name="calibrate-parent-watch").start()
     import torch
 
     torch.set_num_threads(threads)
@@ -65,8 +93,12 @@ def _worker_run(cfg_dict: dict, command: str | None, resume_hint: str | None) ->
     from .loop import train
 
     cfg = TrainConfig(**cfg_dict)
-    result = train(cfg, resume=_resume(cfg), bundle=_BUNDLE, progress=False, command=command,
-                   resume_hint=resume_hint)
+    _RUNNING.set()
+    try:
+        result = train(cfg, resume=_resume(cfg), bundle=_BUNDLE, progress=False,
+                       command=command, resume_hint=resume_hint)
+    finally:
+        _RUNNING.clear()
     return {"last_top1": result.last_top1, "best_top1": result.best_top1,
             "epsilon": result.derived.get("epsilon")}
 
@@ -98,7 +130,7 @@ def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=Non
     log(f"training {len(todo)} runs, {jobs} at a time, {threads} thread(s) each")
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(todo[0][1].to_dict(), threads, ctx.Value("i", 0)))
+                               initargs=(todo[0][1].to_dict(), threads, ctx.Value("i", 0), os.getpid()))
     pending = {}
     queue = list(todo)
     try:
