@@ -219,7 +219,7 @@ def test_overflowing_parameters_are_refused():
         api.epsilon(100, "agce", params={"a": 1000.0, "q": 200.0})
     fails(2, "not finite", "epsilon", "--classes", 100, "--loss", "agce", "--set", "a=1000",
           "--set", "q=200")
-    fails(2, "beyond ±500", "curve", "--z-min", -1e6, "--z-max", 0)
+    fails(2, "within ±500 of the logit mean", "curve", "--z-min", -1e6, "--z-max", 0)
 
 
 def test_measured_logits_wider_than_supported_are_refused(tmp_path):
