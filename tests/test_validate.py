@@ -294,3 +294,14 @@ def test_workers_stop_when_validate_is_killed(tmp_path):
     for ckpt in runs:
         metrics = load_json(ckpt.parent / "metrics.json")
         assert metrics["status"] == "interrupted" and len(metrics["epochs"]) >= 1
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_missing_data_is_one_line_and_writes_nothing(tmp_path, jobs):
+    out = tmp_path / "grid"
+    r = run("validate", "--dataset", "cifar100", "--data-dir", tmp_path / "absent", "--losses",
+            "ce,mae*", "--noise", "0,0.4", "--seeds", "0", "--jobs", jobs, "--out", out)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert err.startswith("error: cifar100: --data-dir") and "\n" not in err, err
+    assert not out.exists()

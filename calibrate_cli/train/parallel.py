@@ -72,9 +72,8 @@ def _watch_parent(parent: int, poll: float = 1.0) -> None:
 
 
 def _worker_init(cfg_dict: dict, threads: int, counter, parent: int | None = None) -> None:
-    """Threads, the dataset, and on a machine with several GPUs one GPU per worker, in turn;
-    a watch on the parent process (see the module's docstring)."""
-    global _BUNDLE
+    """Threads, and on a machine with several GPUs one GPU per worker, in turn; a watch on the
+    parent process (see the module's docstring). The dataset is loaded by the first run."""
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                          name="calibrate-parent-watch").start()
@@ -86,13 +85,15 @@ def _worker_init(cfg_dict: dict, threads: int, counter, parent: int | None = Non
         counter.value += 1
     if cfg_dict.get("device") in ("auto", "cuda") and torch.cuda.is_available():
         torch.cuda.set_device(index % torch.cuda.device_count())
-    _BUNDLE = _load_bundle(TrainConfig(**cfg_dict))
 
 
 def _worker_run(cfg_dict: dict, command: str | None, resume_hint: str | None) -> dict:
+    global _BUNDLE
     from .loop import train
 
     cfg = TrainConfig(**cfg_dict)
+    if _BUNDLE is None:  # here, not in the initializer: an error reaches the parent as itself
+        _BUNDLE = _load_bundle(cfg)
     _RUNNING.set()
     try:
         result = train(cfg, resume=_resume(cfg), bundle=_BUNDLE, progress=False,

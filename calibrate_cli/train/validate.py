@@ -230,17 +230,20 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
     check_folder(out, "--out")
     if first.threads is None and jobs == 1:  # chosen once, before the grid's own load counts
         T.default_threads()
-    if bundle is None and jobs == 1:  # with several jobs, each worker loads the data itself
-        todo = [c for c in configs if not _complete(c)]
-        if todo:
-            from ..progress import slow_step
-            from .data import load_dataset
+    if bundle is None and any(not _complete(c) for c in configs):
+        # loaded here before anything is written, also with several jobs (then each worker
+        # loads its own copy and this one is dropped): missing or malformed data is one
+        # line and an untouched --out, not a broken pool of workers
+        from ..progress import slow_step
+        from .data import load_dataset
 
-            with slow_step(f"loading {first.dataset}"):
-                bundle = load_dataset(first.dataset, first.data_dir, classes=first.classes,
-                                      train_per_class=first.train_samples_per_class,
-                                      test_per_class=first.test_samples_per_class,
-                                      image_size=first.image_size, seed=first.data_seed)
+        with slow_step(f"loading {first.dataset}"):
+            bundle = load_dataset(first.dataset, first.data_dir, classes=first.classes,
+                                  train_per_class=first.train_samples_per_class,
+                                  test_per_class=first.test_samples_per_class,
+                                  image_size=first.image_size, seed=first.data_seed)
+        if jobs > 1:
+            bundle = None
     make_folder(out, "--out")  # every input checked: now the grid's folder is made and locked
     with lock_folder(out, "--out"):  # one grid writer at a time
         clean_temporaries(out)
