@@ -305,3 +305,19 @@ def test_missing_data_is_one_line_and_writes_nothing(tmp_path, jobs):
     err = r.stderr.strip()
     assert err.startswith("error: cifar100: --data-dir") and "\n" not in err, err
     assert not out.exists()
+
+
+def test_report_only_tabulates_the_complete_runs_and_trains_nothing(tmp_path):
+    args = [*GRID, "--losses", "ce,mae*", "--noise", "0", "--out", tmp_path / "g"]
+    ok("validate", *args, "--seeds", "0")
+    before = load_json(tmp_path / "g" / "results.json")
+    r = ok("validate", *args, "--seeds", "0,1", "--report-only")
+    assert "2 of 4 runs complete" in r.stderr
+    after = load_json(tmp_path / "g" / "results.json")
+    assert not list((tmp_path / "g").glob("runs/*/*/seed-1"))  # nothing trained
+    assert [s["n"] for s in after["summary"]] == [1, 1]
+    assert [s["last_mean"] for s in after["summary"]] == [s["last_mean"] for s in
+                                                           before["summary"]]
+    assert after["grid"]["seeds"] == [0, 1]
+    r = run("validate", *GRID, "--losses", "ce", "--out", tmp_path / "empty", "--report-only")
+    assert r.exit_code == 2 and "holds no runs" in r.stderr

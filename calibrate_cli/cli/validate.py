@@ -70,6 +70,7 @@ def validate(
     precision: Annotated[Optional[str], _opt("--precision", panel=RUN, help="auto, fp32, bf16, fp16.")] = None,
     threads: Annotated[Optional[int], _opt("--threads", panel=RUN, help="CPU threads of torch (default: the free physical cores, chosen once for the grid).", click_type=INT)] = None,
     config: Annotated[Optional[str], _opt("--config", panel=RUN, metavar="FILE", help="Settings of every run from a YAML or JSON file; options given here win.")] = None,
+    report_only: Annotated[bool, _opt("--report-only", panel=RUN, help="Train nothing: tabulate the runs of the grid that are complete (a grid still running, or one stopped early); n per cell says how many seeds each holds.")] = False,
     quiet: Annotated[bool, _opt("--quiet", "-q", panel=RUN, help="No progress bars.")] = False,
     json_: Annotated[bool, _opt("--json", panel=RUN, help="Print results.json's summary as one JSON object on stdout.")] = False,
 ) -> None:
@@ -108,14 +109,14 @@ def validate(
         from ..train.sweep import run_sweep, sweep_markdown
 
         res = run_sweep(sweep_spec, base, noises, seed_list, out, jobs=jobs, progress=not quiet,
-                        command=command, log=log)
+                        command=command, log=log, train=not report_only)
         if json_:
             typer.echo(json.dumps({"out": out, "points": res["points"], "report": res["report"]}))
         else:
             typer.echo(sweep_markdown(res), nl=False)
         return
     results = run_grid(base, variants, noises, seed_list, out, progress=not quiet,
-                       command=command, log=log, jobs=jobs)
+                       command=command, log=log, jobs=jobs, train=not report_only)
     if json_:
         typer.echo(json.dumps({"out": out, "summary": results["summary"]}))
     else:

@@ -107,14 +107,15 @@ def parse_sweep(spec: str, losses: str, calibrate_from: int = 100) -> Sweep:
 
 def run_sweep(sweep: Sweep, base: dict, noises: list[str], seeds: list[int], out: str, *,
               jobs: int = 1, progress: bool = True, command: str | None = None,
-              log=print) -> dict:
-    """Train the sweep's runs (skipping completed ones) and write its results."""
+              log=print, train: bool = True) -> dict:
+    """Train the sweep's runs (skipping completed ones; none with ``train=False``) and write
+    its results."""
     from .. import __version__
     from .records import write_json
 
     variants = [p.variant for p in sweep.points]
     grid = run_grid(base, variants, noises, seeds, out, progress=progress, command=command,
-                    log=log, jobs=jobs, record=None)
+                    log=log, jobs=jobs, record=None, train=train)
     results = sweep_results(sweep, grid)
     results.update(version=__version__, command=command, base=base)
     write_json(os.path.join(out, f"{sweep.name}.json"), results)

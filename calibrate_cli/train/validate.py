@@ -215,9 +215,11 @@ def grid_cells(variants: list[LossVariant], noises: list[str], seeds: list[int])
 
 def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: list[int],
              out: str, *, progress: bool = True, command: str | None = None,
-             log=print, bundle=None, jobs: int = 1, record: str | None = "grid.json") -> dict:
+             log=print, bundle=None, jobs: int = 1, record: str | None = "grid.json",
+             train: bool = True) -> dict:
     """Train every cell not yet complete (``jobs`` at a time), then write and return the
-    results. ``record``: the file that records the grid and the command (None: none)."""
+    results. ``record``: the file that records the grid and the command (None: none).
+    ``train=False`` (``--report-only``): train nothing, tabulate the runs already complete."""
     from . import threads as T
 
     runs = len(variants) * len(noises) * len(seeds)
@@ -228,6 +230,9 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
     configs = [run_config(base, v, n, s, run_dir(out, v, n, s)) for v, n, s in cells]
     first = configs[0]
     check_folder(out, "--out")
+    if not train:
+        return _report_only(out, variants, noises, seeds, cells, configs, command=command,
+                            log=log, record=record)
     if first.threads is None and jobs == 1:  # chosen once, before the grid's own load counts
         T.default_threads()
     if bundle is None and any(not _complete(c) for c in configs):
@@ -254,16 +259,35 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
                           progress=progress, command=command, log=log, jobs=jobs, record=record)
 
 
-def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, progress,
-               command, log, jobs, record) -> dict:
-    from .records import write_json
-
+def _grid_record(configs, variants, noises, seeds) -> dict:
     first = configs[0]
-    grid = {"dataset": first.dataset, "classes": first.classes, "model": first.model,
+    return {"dataset": first.dataset, "classes": first.classes, "model": first.model,
             "epochs": first.epochs, "losses": [v.label for v in variants], "noise": noises,
             "seeds": seeds, "train_per_class": first.train_samples_per_class,
             "test_per_class": first.test_samples_per_class, "batch_size": first.batch_size,
             "lr": first.lr, "optimizer": first.optimizer}
+
+
+def _report_only(out, variants, noises, seeds, cells, configs, *, command, log, record) -> dict:
+    """The results of the runs of this grid that are complete; nothing is trained."""
+    if not os.path.isdir(os.path.join(out, "runs")):
+        raise UsageError(f"--report-only: '{out}' holds no runs of a grid")
+    # no lock: a grid still training there may hold it, and the runs' files are read only
+    # (each is replaced atomically by its writer), the results files written atomically
+    done = sum(_complete(cfg) for cfg in configs)
+    log(f"{done} of {len(configs)} runs complete; the tables count only those (n per cell)")
+    results = collect_results(out, cells, configs,
+                              _grid_record(configs, variants, noises, seeds), command)
+    if record:
+        write_results(out, results)
+    return results
+
+
+def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, progress,
+               command, log, jobs, record) -> dict:
+    from .records import write_json
+
+    grid = _grid_record(configs, variants, noises, seeds)
     if record:
         write_json(os.path.join(out, record), {"version": __version__, "command": command,
                                                "grid": grid, "base": base})
