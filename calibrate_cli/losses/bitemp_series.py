@@ -148,8 +148,6 @@ class BiTempReduce:
 
     def __call__(self, draws) -> BiTempDraws:
         if not isinstance(draws, np.ndarray):
-            from ..mc_device import bitemp_reduce_torch
-
             return bitemp_reduce_torch(draws, self.t2_min, self.t1_min)
         rows = max(1, BLOCK // max(draws.shape[1], 1))
         return self.concat([self._block(draws[i:i + rows])
@@ -387,3 +385,47 @@ def bitemp_series_delta(zk, st: BiTempDraws, t1: float, t2: float):
 def bitemp_mc_delta(zk, stats: BiTempDraws, K, P):
     out = bitemp_series_delta(zk, stats, float(P["t1"]), float(P["t2"]))
     return None if out is None else out[0]
+
+
+def bitemp_reduce_torch(z, t2_min: float, t1_min: float):
+    """:class:`BiTempReduce` on a torch tensor on its device (torch imported here only)."""
+
+    import torch
+
+    m, n = z.shape
+    mean = z.mean(dim=1)
+    d = z - mean[:, None]
+    dmax = d.max(dim=1).values
+    if n <= ALL_EXPLICIT:
+        return BiTempDraws(_np(mean), _np(d), _np(dmax), np.zeros(m), np.zeros((m, 1)), n)
+    absd = d.abs()
+    kappa = torch.clamp(torch.sqrt((d * d).mean(dim=1)) * float(ndtri(1 - EXPECTED_EXPLICIT / (2 * n))),
+                        min=RHO_FREE * math.e * math.log(n))
+    mask = absd > kappa[:, None]
+    width = min(int(mask.sum(dim=1).max()), WIDTH_CAP)
+    if width:
+        top = torch.topk(torch.where(mask, absd, torch.full_like(absd, -1.0)), width, dim=1)
+        taken = top.values >= 0
+        explicit = torch.where(taken, torch.gather(d, 1, top.indices),
+                               torch.full_like(top.values, -torch.inf))
+        live = torch.ones_like(d, dtype=torch.bool)
+        live.scatter_(1, top.indices, ~taken)
+    else:
+        explicit = torch.empty((m, 0), dtype=z.dtype, device=z.device)
+        live = torch.ones_like(d, dtype=torch.bool)
+    h = torch.where(live, absd, torch.zeros_like(absd)).max(dim=1).values
+    P = moments_needed(float(h.max()), n, t2_min, t1_min)
+    x = torch.where(live, d / torch.where(h > 0, h, torch.ones_like(h))[:, None],
+                    torch.zeros_like(d))
+    mom = torch.empty((m, P), dtype=z.dtype, device=z.device)
+    mom[:, 0] = live.sum(dim=1)
+    power = x
+    for k in range(1, P):
+        mom[:, k] = power.sum(dim=1)
+        if k + 1 < P:
+            power = power * x
+    return BiTempDraws(_np(mean), _np(explicit), _np(dmax), _np(h), _np(mom), n)
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy()

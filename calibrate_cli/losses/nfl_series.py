@@ -119,8 +119,6 @@ class NFLReduce:
 
     def __call__(self, draws) -> NFLDraws:
         if not isinstance(draws, np.ndarray):
-            from ..mc_device import nfl_reduce_torch
-
             return nfl_reduce_torch(draws)
         rows = max(1, BLOCK // max(draws.shape[1], 1))
         return self.concat([self._block(draws[i:i + rows])
@@ -328,3 +326,43 @@ def nfl_mc_delta(zk, stats: NFLDraws, K, P):
     """``mc_delta`` of NFL: δ_k per draw from the reduced draws, None where the bound fails."""
     out = nfl_series_delta(zk, stats, float(P["gamma"]), bool(P["detach"]))
     return None if out is None else out[0]
+
+
+def nfl_reduce_torch(z):
+    """:class:`NFLReduce` on a torch tensor on its device (the same statistics; torch is
+    imported here only, when a device was asked for)."""
+    import torch
+
+    m, n = z.shape
+    lse = torch.logsumexp(z, dim=1)
+    logpi = z - lse[:, None]
+    pi = torch.exp(logpi)
+    mask = pi > TAU
+    counts = mask.sum(dim=1)
+    width = int(counts.max()) if m else 0
+    if width:
+        top = torch.topk(torch.where(mask, logpi, torch.full_like(logpi, -torch.inf)), width, dim=1)
+        explicit = top.values
+        pi = torch.where(mask, torch.zeros_like(pi), pi)
+        b0 = (logpi.sum(dim=1) - torch.where(torch.isfinite(explicit), explicit,
+                                             torch.zeros_like(explicit)).sum(dim=1))
+    else:
+        explicit = torch.empty((m, 0), dtype=z.dtype, device=z.device)
+        b0 = logpi.sum(dim=1)
+    r = pi.max(dim=1).values
+    P = powers_needed(float(r.max()))
+    a = torch.empty((m, P), dtype=z.dtype, device=z.device)
+    b = torch.empty((m, P), dtype=z.dtype, device=z.device)
+    a[:, 0] = n - counts
+    b[:, 0] = b0
+    power = pi
+    for k in range(1, P):
+        a[:, k] = power.sum(dim=1)
+        b[:, k] = (power * logpi).sum(dim=1)
+        if k + 1 < P:
+            power = power * pi
+    return NFLDraws(_np(lse), _np(z.sum(dim=1)), _np(explicit), _np(r), _np(a), _np(b))
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy()
