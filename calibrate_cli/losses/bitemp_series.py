@@ -389,7 +389,6 @@ def bitemp_mc_delta(zk, stats: BiTempDraws, K, P):
 
 def bitemp_reduce_torch(z, t2_min: float, t1_min: float):
     """:class:`BiTempReduce` on a torch tensor on its device (torch imported here only)."""
-
     import torch
 
     m, n = z.shape
