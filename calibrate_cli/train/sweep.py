@@ -201,7 +201,8 @@ def sweep_markdown(results: dict) -> str:
         rows = sorted((r for r in results["points"] if r["noise"] == noise),
                       key=lambda r: (r["value"] is None, r["value"] or 0.0))
         lines += [f"{s['loss']}: test top-1 accuracy (%) against {sym}, noise {noise}; mean ± std "
-                  f"over seeds {', '.join(map(str, g['seeds']))}. {g['dataset']}, K = "
+                  f"over the complete runs of seeds {', '.join(map(str, g['seeds']))} (n per row). "
+                  f"{g['dataset']}, K = "
                   f"{g['classes'] or 'dataset'}, {g['model']}, {g['epochs']} epochs.", ""]
         lines.append(f"| {sym} | point | last epoch | best epoch | memorised / recovered | n |")
         lines.append("|---|---|---|---|---|---|")

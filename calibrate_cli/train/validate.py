@@ -402,7 +402,8 @@ def markdown_table(results: dict) -> str:
             eps.setdefault(r["label"], []).append(r["logit_bias"] or 0.0)
             for k, v in (r["params"] or {}).items():
                 cal.setdefault(r["label"], {}).setdefault(k, []).append(v)
-    lines = [f"Test top-1 accuracy (%), mean ± std over seeds {', '.join(map(str, g['seeds']))}: "
+    lines = [f"Test top-1 accuracy (%), mean ± std over the complete runs of seeds "
+             f"{', '.join(map(str, g['seeds']))} (n per cell): "
              f"last epoch (best epoch). {g['dataset']}, K = {g['classes'] or 'dataset'}, "
              f"{g['model']}, {g['epochs']} epochs.", ""]
     head = ["loss", "ε (mean)", "parameters (mean)"] + [f"noise {n}" for n in g["noise"]]

@@ -47,7 +47,8 @@ def accuracy_table(results: dict) -> str:
             setting[r["label"]] = ", ".join(f"{k} = {v:g}" for k, v in r["params"].items()
                                             if k in ("q", "alpha")) or "–"
     ns = sorted({s["n"] for s in results["summary"]})
-    lines = [f"Test top-1 (%) at the last epoch, mean ± std over {'/'.join(map(str, ns))} seeds:",
+    lines = [f"Test top-1 (%) at the last epoch, mean ± std over seeds ({' or '.join(map(str, ns))} "
+             "per cell: `results.md` gives n; no ± where one seed is complete):",
              "",
              "| loss | computed / set | " + " | ".join(NOISE[n] for n in noises) + " |",
              "|---|---|" + "---|" * len(noises)]
@@ -87,10 +88,32 @@ def memorisation_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def fit_epochs(results: dict, label: str = "ce", level: float = 0.95) -> str:
+    """Per noise level: the epoch at which ``label`` first fits ``level`` of the noisy training
+    labels, its best test epoch and its accuracy on the noisy labels at the end (per seed)."""
+    lines = []
+    for n in NOISE:
+        runs = [r for r in results["runs"] if r["label"] == label and r["noise"] == n
+                and r["status"] == "complete"]
+        if n == "none" or not runs:
+            continue
+        fit = [next((e for e, a in zip(r["epochs"], r["train_acc_noisy"]) if a >= level), None)
+               for r in runs]
+        best = [r["epochs"][max(range(len(r["test_top1"])), key=r["test_top1"].__getitem__)]
+                for r in runs]
+        end = [100 * r["train_acc_noisy"][-1] for r in runs]
+        lines.append(f"- {label}, {NOISE[n]}: fits {100 * level:.0f} % of the noisy training labels "
+                     f"at epoch {fit}, best test epoch {best}, {min(end):.2f}–{max(end):.2f} % "
+                     f"of the noisy labels at the end (seeds {[r['seed'] for r in runs]})")
+    return "\n".join(lines)
+
+
 def main(folder: str) -> None:
     print(accuracy_table(_load(os.path.join(folder, "results.json"))))
     print()
     print(memorisation_table(_load(os.path.join(folder, "results.json"))))
+    print()
+    print(fit_epochs(_load(os.path.join(folder, "results.json"))))
     for name in sorted(os.listdir(folder)):
         if name.startswith("sweep-") and name.endswith(".md"):
             print()
