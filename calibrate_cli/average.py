@@ -363,8 +363,7 @@ class Averager:
             with np.errstate(all="ignore"):
                 return term.loss.sigma.offset(term.params) + term.loss.sigma.g(p, term.params)
         if term.loss.mc_reduce is not None and self.reduce:
-            # an mc_delta marked ``takes_dist`` also gets the draws' distribution (RCE's clamp
-            # integrates one logit of each draw against it exactly)
+            # ``takes_dist``: also the draws' distribution (RCE's clamp integrates one logit exactly)
             extra = {"dist": self.dist} if getattr(term.loss.mc_delta, "takes_dist", False) else {}
             out = term.loss.mc_delta(zs[:, None], self._reduced(classes, reducer_of(term)),
                                      classes, term.params, **extra)
