@@ -4,8 +4,9 @@ Prints, each measured in this run on this machine:
 
 1. ``calibrate epsilon --loss nf-mae --classes 10000`` and ``--classes 1000000``, cold
    processes (median of --repeats runs): wall time, ε and its error (targets: < 2 s and < 10 s);
-2. in-process solves of ε (match) for nf-mae at K = 1000 and 10^4 and biTemp (peak) at
-   K = 1000: the reduced draws (the default) against whole vectors at every evaluation (the
+2. in-process solves of ε (match) for nf-mae at K = 1000 and 10^4, biTemp (peak) at K = 1000,
+   and SCE with its cifar100 preset (RCE's softmax clamp pmin = 1e-7; match) at K = 1000 and
+   10^4: the reduced draws (the default) against whole vectors at every evaluation (the
    engine before the reduction, ``Averager(reduce=False)``), same samples and seed, so ε, its
    error and the time compare directly;
 3. with ``--tables``: ``calibrate tables --jobs 2`` into a temporary folder, wall and CPU time
@@ -16,8 +17,8 @@ Wall and CPU time are both printed: on a machine shared with other work the wall
 with the load.
 
 Usage: python benchmarks/bench_mc.py [--repeats N] [--quick] [--tables] [--device cuda]
-(--quick: whole vectors with 1024 samples at K = 10^4 instead of 4096, a minute instead of
-several.)
+[--only LOSS] (--quick: whole vectors with 1024 samples at K = 10^4 instead of 4096, a minute
+instead of several; --only sce: the in-process cases of that loss alone, no cold commands.)
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def cold(args: list[str], repeats: int) -> tuple[float, float, dict]:
     return statistics.median(walls), statistics.median(cpus), out
 
 
-def solve(loss: str, K: int, criterion: str, samples: int, reduce: bool):
+def solve(loss: str, K: int, criterion: str, samples: int, reduce: bool,
+          preset: str | None = None):
     sys.path.insert(0, ROOT)
     from calibrate_cli.average import Averager
     from calibrate_cli.logits import Gaussian
@@ -83,7 +85,8 @@ def solve(loss: str, K: int, criterion: str, samples: int, reduce: bool):
     dist = Gaussian(0.0, 0.5)
     av = Averager(dist, samples=samples, seed=0, reduce=reduce)
     c, t = time.process_time(), time.perf_counter()
-    r = solve_epsilon(spec, resolve_params(spec), K, dist, criterion=criterion, averager=av)
+    r = solve_epsilon(spec, resolve_params(spec, preset=preset), K, dist, criterion=criterion,
+                      averager=av)
     return time.perf_counter() - t, time.process_time() - c, r
 
 
@@ -93,13 +96,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tables", action="store_true")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--only", default=None, help="in-process cases of this loss alone")
     args = ap.parse_args()
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     print(f"cold commands (median of {args.repeats}; {' '.join(_cli())} epsilon ... --json), "
           "wall / CPU seconds:")
     device = ["--device", args.device] if args.device else []
-    for K, target in ((10_000, 2.0), (1_000_000, 10.0)):
+    for K, target in ((10_000, 2.0), (1_000_000, 10.0)) if not args.only else ():
         t, c, d = cold(["epsilon", "--loss", "nf-mae", "--classes", str(K)] + device,
                        args.repeats)
         print(f"  nf-mae K = {K:>7}{' ' + args.device if args.device else ''}: {t:6.2f} / "
@@ -107,13 +111,15 @@ def main() -> None:
               f"{d['monte_carlo']['samples']} samples")
 
     print("in-process solve of ε, reduced draws against whole vectors (same draws), wall / CPU s:")
-    cases = [("nf-mae", 1000, "match", 4096), ("nf-mae", 10_000, "match",
-                                                1024 if args.quick else 4096),
-             ("bitemp", 1000, "peak", 1024)]
-    for loss, K, crit, samples in cases:
-        t_new, c_new, new = solve(loss, K, crit, samples, True)
-        t_old, c_old, old = solve(loss, K, crit, samples, False)
-        print(f"  {loss:7s} K = {K:>6} {crit:5s} {samples} samples: reduced {t_new:6.2f} / "
+    cases = [("nf-mae", 1000, "match", 4096, None), ("nf-mae", 10_000, "match",
+                                                      1024 if args.quick else 4096, None),
+             ("bitemp", 1000, "peak", 1024, None),
+             ("sce", 1000, "match", 4096, "cifar100"), ("sce", 10_000, "match", 4096, "cifar100")]
+    for loss, K, crit, samples, preset in [c for c in cases if args.only in (None, c[0])]:
+        t_new, c_new, new = solve(loss, K, crit, samples, True, preset)
+        t_old, c_old, old = solve(loss, K, crit, samples, False, preset)
+        name = loss + (f" ({preset})" if preset else "")
+        print(f"  {name:16s} K = {K:>6} {crit:5s} {samples} samples: reduced {t_new:6.2f} / "
               f"{c_new:5.2f} s ε = {new.epsilon:.6f} ± {new.error:.1e} | whole vectors "
               f"{t_old:7.2f} / {c_old:6.2f} s ε = {old.epsilon:.6f} ± {old.error:.1e} | "
               f"CPU ratio {c_old / c_new:5.0f}, Δε = {new.epsilon - old.epsilon:.1e}")

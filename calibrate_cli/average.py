@@ -53,9 +53,12 @@ in NCE+AGCE) are integrated exactly, each term is evaluated once and re-weighted
 (log Σ e^{z_j}, Σ z_j) so that any z_k costs O(samples), not O(samples·K); NFL and biTemp
 reduce it to power sums or moments with a rigorous truncation bound
 (losses/nfl_series.py, losses/bitemp_series.py) and fall back to whole vectors where the bound
-fails. A loss's ``mc_reduce`` runs once per K over the draws (several in one pass, and one may
-``provide`` another's statistics); its ``mc_delta`` takes z_k as a column and returns δ_k per
-draw, or None. With ``device`` the draws and reductions run in torch (mc_device.py).
+fails. RCE's softmax clamp keeps one number per draw, ln Σ e^{z_j} over all others but one,
+and integrates that one logit exactly against the distribution's partial exponential moments
+(losses/rce_series.py). A loss's ``mc_reduce`` runs once per K over the draws (several in one
+pass, and one may ``provide`` another's statistics); its ``mc_delta`` takes z_k as a column and
+returns δ_k per draw, or None (one marked ``takes_dist`` also gets ``dist=``, the distribution
+the draws come from). With ``device`` the draws and reductions run in torch (mc_device.py).
 """
 
 from __future__ import annotations
@@ -360,8 +363,10 @@ class Averager:
             with np.errstate(all="ignore"):
                 return term.loss.sigma.offset(term.params) + term.loss.sigma.g(p, term.params)
         if term.loss.mc_reduce is not None and self.reduce:
+            # ``takes_dist``: also the draws' distribution (RCE's clamp integrates one logit exactly)
+            extra = {"dist": self.dist} if getattr(term.loss.mc_delta, "takes_dist", False) else {}
             out = term.loss.mc_delta(zs[:, None], self._reduced(classes, reducer_of(term)),
-                                     classes, term.params)
+                                     classes, term.params, **extra)
             if out is not None:
                 return np.broadcast_to(out, (len(zs), np.shape(out)[-1]))
         rows = []

@@ -14,7 +14,9 @@ Two kinds:
   array is centred on its global mean.
 
 Each gives a quadrature rule (nodes, weights) with E[f(z - mean)] ≈ Σ w_i f(x_i),
-used by the exact engine, and a sampler, used by Monte Carlo.
+used by the exact engine, a sampler, used by Monte Carlo, and the partial exponential moments
+ln M_n(U) = ln E[e^{n x} 1(x < U)] of exactly what the sampler draws (x = z - mean), used by the
+reduced Monte Carlo of RCE's softmax clamp (losses/rce_series.py).
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ class LogitDistribution:
         x, w = self.quadrature()
         return float(np.sum(w * np.exp(x)))
 
+    def log_partial_moment(self, U: np.ndarray, n: int) -> np.ndarray | None:
+        """ln M_n(U) = ln E[e^{n x} 1(x < U)] over the sampling distribution of the centred
+        logits x (elementwise in U, -inf where the set is empty), or None where the
+        distribution has no such formula (then its users fall back to whole vectors)."""
+        return None
+
 
 @dataclass(frozen=True)
 class Gaussian(LogitDistribution):
@@ -98,6 +106,14 @@ class Gaussian(LogitDistribution):
 
     def log_exp_moment_exact(self) -> float:
         return 0.5 * self.std ** 2
+
+    def log_partial_moment(self, U, n):
+        """Closed form: E[e^{nx} 1(x < U)] = e^{n²s²/2} Φ((U - n s²)/s), x ~ N(0, s²), with
+        ln Φ by ``log_ndtr`` (accurate far in either tail)."""
+        from scipy.special import log_ndtr
+
+        s = self.std
+        return 0.5 * (n * s) ** 2 + log_ndtr((np.asarray(U, dtype=float) - n * s * s) / s)
 
 
 _RULES: dict[float, tuple[np.ndarray, np.ndarray]] = {}
@@ -137,6 +153,7 @@ class Empirical(LogitDistribution):
     centering: str = "rows"
     atoms: int = DEFAULT_ATOMS
     _rule: list = field(default_factory=list, repr=False)
+    _partial: dict = field(default_factory=dict, repr=False)
 
     @property
     def std(self) -> float:  # type: ignore[override]
@@ -159,6 +176,43 @@ class Empirical(LogitDistribution):
     def sample(self, rng, shape):
         return rng.choice(self.values, size=shape, replace=True)
 
+    def log_partial_moment(self, U, n):
+        """ln((1/N) Σ_{v_i < U} e^{n v_i}) over all N values (what :meth:`sample` draws
+        uniformly). Two levels, so that memory stays N/PREFIX_BLOCK numbers per n: the log of
+        the prefix sums at every PREFIX_BLOCK-th sorted value, once per n, plus per query the
+        at most PREFIX_BLOCK - 1 values between that point and U (a query costs O(PREFIX_BLOCK))."""
+        U = np.asarray(U, dtype=float)
+        v, prefix = self._prefix(int(n))
+        flat = U.ravel()
+        out = np.empty(flat.shape)
+        B = PREFIX_BLOCK
+        for s in range(0, flat.size, 1 << 15):  # bounded memory for many queries
+            q = flat[s:s + (1 << 15)]
+            i = np.searchsorted(v, q, side="left")  # values strictly below U
+            b = i // B
+            idx = b[:, None] * B + np.arange(B)
+            live = idx < i[:, None]
+            a = np.where(live, n * v[np.minimum(idx, v.size - 1)], -np.inf)
+            top = np.maximum(prefix[b], a.max(axis=1))  # the largest term: no overflow below
+            safe = np.where(np.isfinite(top), top, 0.0)
+            with np.errstate(divide="ignore"):
+                out[s:s + q.size] = safe + np.log(np.exp(prefix[b] - safe)
+                                                  + np.exp(a - safe[:, None]).sum(axis=1))
+        return (out - math.log(v.size)).reshape(U.shape)
+
+    def _prefix(self, n: int):
+        """(sorted values, ln Σ_{j < b·PREFIX_BLOCK} e^{n v_j} for b = 0 … ⌈N/B⌉), cached per n."""
+        cache = self._partial
+        if n not in cache:
+            v = cache.setdefault("sorted", np.sort(self.values))
+            B = PREFIX_BLOCK
+            nb = v.size // B  # complete blocks (a query's block start never passes the end)
+            a = n * v[:nb * B].reshape(nb, B)
+            top = a[:, -1]  # sorted: each block's largest
+            block = top + np.log(np.exp(a - top[:, None]).sum(axis=1))
+            cache[n] = (v, np.concatenate([[-np.inf], log_cumsum_exp(block)]))
+        return cache[n]
+
     def exp_moment_exact(self) -> float:
         return math.exp(self.log_exp_moment_exact())
 
@@ -174,6 +228,29 @@ class Empirical(LogitDistribution):
             "centering": self.centering, "mean": self.mean, "std": self.std,
             "atoms": int(min(self.atoms or v.size, v.size)),
         }
+
+
+#: Sorted values per stored prefix sum of :meth:`Empirical.log_partial_moment`.
+PREFIX_BLOCK = 64
+
+
+def log_cumsum_exp(a: np.ndarray) -> np.ndarray:
+    """ln Σ_{j ≤ i} e^{a_j} for every i, by plain cumulative sums (rounding ~ √i·ε relative)
+    over segments within which the running maximum grows by at most 600 (no overflow, and what
+    underflows is below e^{-145} of the sum), joined in log space."""
+    out = np.empty(a.shape)
+    run = np.maximum.accumulate(a)
+    carry = -np.inf
+    start = 0
+    while start < a.size:
+        end = int(np.searchsorted(run, run[start] + 600.0, side="right"))
+        m = run[end - 1]
+        with np.errstate(divide="ignore"):
+            part = m + np.log(np.cumsum(np.exp(a[start:end] - m)))
+        out[start:end] = np.logaddexp(carry, part)
+        carry = out[end - 1]
+        start = end
+    return out
 
 
 def centre_rows(z: np.ndarray) -> np.ndarray:

@@ -6,8 +6,9 @@ Only imported when a device is asked for: the calibration commands import no tor
 What runs on the device: drawing the K - 1 other logits of every sample (torch's generator,
 seeded per (seed, K, chunk), so results differ from the NumPy draws within the Monte Carlo
 error and are reproducible on the same device type), the per-K reductions (ln Σ e^z and Σ z for
-NCE and the control variates, NFL's power sums, biTemp's moments) and, for losses or parameters
-without a reduction, δ_k of whole logit vectors by autograd of the loss's torch implementation.
+NCE and the control variates, NFL's power sums, biTemp's moments, ln S′ of RCE's clamp) and,
+for losses or parameters without a reduction, δ_k of whole logit vectors by autograd of the
+loss's torch implementation.
 The reduced statistics come back to the host, where the per-z_k evaluation is cheap.
 All in float64.
 """

@@ -21,7 +21,8 @@ ALLOWED = {
     "base": {"torch_impl"},
     "nfl_series": {"base"},
     "bitemp_series": set(),
-    "specs": {"base", "nfl_series", "bitemp_series"},
+    "rce_series": {"base"},
+    "specs": {"base", "nfl_series", "bitemp_series", "rce_series"},
     "user": {"base"},
     "registry": {"base", "specs", "user"},
 }

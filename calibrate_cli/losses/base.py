@@ -17,7 +17,10 @@ for free (the ``scipy.stats.rv_continuous`` pattern):
 * any other loss gives ``full_delta(logits)``: δ_k for a batch of logit
   vectors whose correct class sits in column 0; optionally a reduction of the
   other ``K - 1`` logits to a few sufficient statistics (``mc_reduce`` and
-  ``mc_delta``) so that Monte Carlo averages are cheap to re-evaluate.
+  ``mc_delta``) so that Monte Carlo averages are cheap to re-evaluate. An ``mc_delta``
+  with the attribute ``takes_dist = True`` is also given ``dist=`` (the logit
+  distribution the draws come from, centred), for reductions that integrate part
+  of a draw exactly (RCE's softmax clamp).
 * a weighted sum of losses (SCE, NCE+AGCE, ...) gives ``terms(params)``; its
   kernels, torch loss and averages are those of its terms, summed.
 """

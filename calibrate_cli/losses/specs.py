@@ -37,6 +37,7 @@ import numpy as np
 from .base import LossSpec, Param, Preset, SigmaKernel, Term, _logsumexp, lse_and_sum, register
 from .bitemp_series import bitemp_mc_delta, bitemp_reduce
 from .nfl_series import nfl_mc_delta, nfl_reduce
+from .rce_series import rce_floor_mc_delta, rce_reduce
 
 APL = "Ma et al. 2020, Active-Passive Losses (ICML), configs/<dataset>"
 ALFS = "Zhou et al. 2021, Asymmetric Loss Functions (ICML), lnl/config.py"
@@ -154,6 +155,7 @@ rce_floor = LossSpec(
     formula="Σ_{j≠k} (pmin - σ_j)_+", delta_formula="p c_m, c_m = Σ_{j≠k, σ_j < pmin} σ_j",
     params=(Param("pmin", 1e-7, 0.0, 0.01, True, False, "softmax floor"),),
     full=_rce_floor_full, torch_name="rce_floor",
+    mc_reduce=rce_reduce, mc_delta=rce_floor_mc_delta,  # one number per draw (rce_series.py)
 )
 
 
