@@ -183,7 +183,10 @@ class LaplaceTransform:
         small = log_t + self.x_hi < math.log(SERIES_T)
         tm = np.exp(log_t[small] + self.x_hi)  # t·max(Y) < SERIES_T
         # E[(tY)^j] = (t max Y)^j · E[Y^j]/max(Y)^j, each below SERIES_T^j (no overflow)
-        T = [tm ** j * math.exp(lm[j - 1] - j * self.x_hi) for j in range(1, 6)]
+        T, power = [], tm
+        for j in range(1, 6):  # powers by products (tm ** j calls pow, a third of ψ's time)
+            T.append(power * math.exp(lm[j - 1] - j * self.x_hi))
+            power = power * tm
         psi = np.empty_like(log_t)
         psi[small] = T[0] - T[1] / 2 + T[2] / 6 - T[3] / 24 + T[4] / 120
         ty_e = np.empty_like(log_t) if slope else None

@@ -76,6 +76,7 @@ def bracketed_root(F, a: float, b: float, fa: float, fb: float, *, xtol: float,
         return b
     pts = dict(known or {})
     pts[a], pts[b] = fa, fb
+    xtol = xtol + 4 * np.finfo(float).eps * max(abs(a), abs(b))  # as Brent's xtol + rtol·|x|
     for _ in range(max_calls):
         if b - a <= xtol:
             return a if abs(fa) <= abs(fb) else b
