@@ -157,16 +157,21 @@ def _root(f, a, b):
     return brentq(f, a, b, xtol=XTOL, rtol=4 * np.finfo(float).eps)
 
 
-def _with_extrema(f, grid, vals, most: int = 8):
+def _with_extrema(f, grid, vals, most: int = 8, known=None):
     """``grid`` and ``vals`` with every interior local extremum of the scan refined between
     its neighbours and inserted: a scan of step 2 can miss the extremum of a narrow bump by a
     quarter of its height, and with it two roots, or the true range of ``f`` that a "no
     solution" message reports. Used only when the scan finds no root. ``most``: extrema
-    refined at most (those farthest from the median first)."""
+    refined at most (those farthest from the median first). ``known``: (z, f(z)) of an extremum
+    already located to XTOL (the peak): inserted, and not refined again."""
     grid = np.asarray(grid, dtype=float)
     vals = np.asarray(vals, dtype=float)
+    skip = None
+    if known is not None and grid[0] < known[0] < grid[-1]:
+        skip = int(np.searchsorted(grid, known[0]))
+        grid, vals = np.insert(grid, skip, known[0]), np.insert(vals, skip, known[1])
     inner = [i for i in range(1, len(vals) - 1)
-             if (vals[i] - vals[i - 1]) * (vals[i + 1] - vals[i]) <= 0]
+             if (vals[i] - vals[i - 1]) * (vals[i + 1] - vals[i]) <= 0 and i != skip]
     inner.sort(key=lambda i: -abs(vals[i] - np.nanmedian(vals)))
     xs, vs = [], []
     for i in inner[:most]:
@@ -256,7 +261,7 @@ def solve_epsilon(
     z_root, other = _pick_root(f, grid, zs, branch, loss, params, classes, av, t, other_root)
     if z_root is None:  # refine the scan's other extrema: a root may hide between two points
         grid, vals = _with_extrema(lambda z: av.mean_delta(loss, params, classes, z).value[0],
-                                   grid, vals)
+                                   grid, vals, known=None if zs is None else (zs, peak_delta))
         z_root, other = _pick_root(vals - t, grid, zs, branch, loss, params, classes, av, t,
                                    other_root)
     if z_root is None:
