@@ -26,7 +26,10 @@ x = e^{-(z-μ)} S with S ≈ (K-1)·m (m = E[e^{z-μ}]), so all structure lies
 within a few units of z_c = μ + ln((K-1)·m), where p ≈ 1/2; p falls below
 e^{-25} 25 units to the left and above 1 - e^{-25} 25 units to the right.
 We scan that window in steps of 2 (one vectorised evaluation), locate the
-extremum and the sign changes, then refine with Brent's method.
+extremum and the sign changes, then refine each to 1e-12 with a bracketing
+root finder that evaluates two points per call (:mod:`calibrate_cli.roots`:
+inverse interpolation through the nearest known points, Brent's method as the
+fallback), about five calls where Brent's method makes ten.
 
 Transfer (``q`` is the transfer of GCE's q): given the loss at K_from with
 parameter value θ_from, find θ at K_to with <δ_k>_{K_to,θ}(z*) =
