@@ -259,44 +259,40 @@ class Averager:
             return None, min(rep.err_a, rep.err_b) / max(rep.scale, 1e-300)
         g1, u, ru, abs_ru, v0 = rep.g1, rep.u, rep.ru, rep.abs_ru, rep.v0
         log_u = rep.log_u
-        out = np.empty_like(z)
-        err = np.empty_like(z)
-        # z on a grid whose step is a multiple of V_STEP (the solver's scan): every ln t = ln u - z
-        # lies on one lattice, so ψ is computed once on it rather than once per z
-        lattice = None
+        # ψ(t) at every ln t = ln u - z, for all z at once. z on a grid whose step is a multiple of
+        # V_STEP (the solver's scan): every ln t lies on one lattice, so ψ is computed once on it
+        nu = len(u)
+        rows = None
         if len(z) > 2:
             shift = (z.max() - z) / V_STEP
             if np.all(np.abs(shift - np.round(shift)) < 1e-9):
                 shift = np.round(shift).astype(int)
-                lt = v0 - z.max() + V_STEP * np.arange(len(u) + shift.max())
-                lattice = (shift, *self._lt.psi(lt, slope))
-        for i, zk in enumerate(z):
-            if lattice is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}]
-                psi, ty_e = self._lt.psi(log_u - zk, slope)
-            else:
-                k = lattice[0][i]
-                psi = lattice[1][k:k + len(u)]
-                ty_e = None if lattice[2] is None else lattice[2][k:k + len(u)]
-            with np.errstate(divide="ignore"):
-                log_phi = np.log1p(-psi)
-            if slope:
-                with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-                    weight = n * np.exp((n - 1) * log_phi) * ty_e
-                weight = np.where(np.isfinite(weight), weight, 0.0)
-                out[i] = ru @ weight
-                err[i] = rep.err_slope + 1e-15 * (abs_ru @ np.abs(weight))
-                continue
-            # Two equal forms; take the one with the smaller error bound at this z:
-            #   A = offset + ∫ρ φ^n du           (good when p is mostly small)
-            #   B = offset + g(1) - ∫ρ (1 - φ^n) du   (good when p is mostly near 1)
-            phi_n = np.exp(n * log_phi)
-            one_minus = -np.expm1(n * log_phi)
-            err_a = rep.err_a + 1e-15 * (abs(offset) + abs_ru @ phi_n)
-            err_b = rep.err_b + 1e-15 * (abs(offset + g1) + abs_ru @ one_minus)
-            if err_a <= err_b:
-                out[i], err[i] = offset + ru @ phi_n, err_a
-            else:
-                out[i], err[i] = offset + g1 - ru @ one_minus, err_b
+                lt = v0 - z.max() + V_STEP * np.arange(nu + shift.max())
+                psi_l, ty_l = self._lt.psi(lt, slope)
+                rows = shift[:, None] + np.arange(nu)[None, :]
+                psi = psi_l[rows]
+                ty_e = None if ty_l is None else ty_l[rows]
+        if rows is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}]
+            psi, ty_e = self._lt.psi((log_u[None, :] - z[:, None]).ravel(), slope)
+            psi = psi.reshape(len(z), nu)
+            ty_e = None if ty_e is None else ty_e.reshape(len(z), nu)
+        with np.errstate(divide="ignore"):
+            log_phi = np.log1p(-psi)
+        if slope:
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                weight = n * np.exp((n - 1) * log_phi) * ty_e
+            weight = np.where(np.isfinite(weight), weight, 0.0)
+            return weight @ ru, rep.err_slope + 1e-15 * (np.abs(weight) @ abs_ru)
+        # Two equal forms; take the one with the smaller error bound at each z:
+        #   A = offset + ∫ρ φ^n du           (good when p is mostly small)
+        #   B = offset + g(1) - ∫ρ (1 - φ^n) du   (good when p is mostly near 1)
+        phi_n = np.exp(n * log_phi)
+        one_minus = -np.expm1(n * log_phi)
+        err_a = rep.err_a + 1e-15 * (abs(offset) + phi_n @ abs_ru)
+        err_b = rep.err_b + 1e-15 * (abs(offset + g1) + one_minus @ abs_ru)
+        use_a = err_a <= err_b
+        out = np.where(use_a, offset + phi_n @ ru, offset + g1 - one_minus @ ru)
+        err = np.where(use_a, err_a, err_b)
         return out, err
 
     def samples_at(self, classes: int) -> int:

@@ -26,7 +26,10 @@ x = e^{-(z-μ)} S with S ≈ (K-1)·m (m = E[e^{z-μ}]), so all structure lies
 within a few units of z_c = μ + ln((K-1)·m), where p ≈ 1/2; p falls below
 e^{-25} 25 units to the left and above 1 - e^{-25} 25 units to the right.
 We scan that window in steps of 2 (one vectorised evaluation), locate the
-extremum and the sign changes, then refine with Brent's method.
+extremum and the sign changes, then refine each to 1e-12 with a bracketing
+root finder that evaluates two points per call (:mod:`calibrate_cli.roots`:
+inverse interpolation through the nearest known points, Brent's method as the
+fallback), about five calls where Brent's method makes ten.
 
 Transfer (``q`` is the transfer of GCE's q): given the loss at K_from with
 parameter value θ_from, find θ at K_to with <δ_k>_{K_to,θ}(z*) =
@@ -47,12 +50,14 @@ from scipy.optimize import brentq, minimize_scalar
 from .average import Z_LIMIT, Averager, NonFiniteAverage, check_classes, default_samples
 from .errors import NoSolutionError, UsageError
 from .logits import LogitDistribution
+from .roots import bracketed_root
 from .losses.registry import LossSpec, check_params
 
 CRITERIA = ("match", "peak", "target")
 BRANCHES = ("below", "above")
 HALF_WINDOW = 25.0
 XTOL = 1e-12
+PEAK_STEP = 0.25  # first guess of the error of the parabola's vertex through the scan
 
 
 @dataclass(frozen=True)
@@ -120,31 +125,56 @@ def find_peak(loss: LossSpec, params, classes: int, averager: Averager):
         return None, grid, vals
 
     def slope(z):
-        return float(averager.slope(loss, params, classes, z).value[0])
+        return averager.slope(loss, params, classes, z).value
 
-    a, b = grid[i - 1], grid[i + 1]
-    sa, sb = slope(a), slope(b)
-    if sa * sb > 0:  # extremum at a grid point within rounding; take the best
+    a, b = float(grid[i - 1]), float(grid[i + 1])
+    # first call: the bracket's ends and two points around the vertex of the parabola through
+    # the three scan values (one vectorised evaluation)
+    h, (v0, v1, v2) = float(grid[i] - grid[i - 1]), vals[i - 1:i + 2]
+    curv = v0 - 2 * v1 + v2
+    r = float(grid[i]) + (0.5 * h * (v0 - v2) / curv if curv else 0.0)
+    r = min(max(r, a + PEAK_STEP), b - PEAK_STEP)
+    first = sorted({a, r - PEAK_STEP, r + PEAK_STEP, b})
+    sv = slope(np.array(first))
+    known = {z: float(s) for z, s in zip(first, sv)}
+    if known[a] * known[b] > 0:  # extremum at a grid point within rounding; take the best
         zs = grid[i]
     else:
-        zs = brentq(slope, a, b, xtol=XTOL)
+        zs = _bracket(lambda z: slope(z), known, a, b)
     return float(zs), grid, vals
+
+
+def _bracket(F, known: dict, a: float, b: float) -> float:
+    """The root of F between a and b (opposite signs in ``known``), from the closest pair of
+    known points around a sign change, to XTOL (:func:`roots.bracketed_root`)."""
+    inside = sorted(z for z in known if a <= z <= b)
+    for z0, z1 in zip(inside[:-1], inside[1:]):
+        if known[z0] == 0:
+            return z0
+        if known[z0] * known[z1] <= 0:
+            return bracketed_root(F, z0, z1, known[z0], known[z1], xtol=XTOL, known=known)
+    return bracketed_root(F, a, b, known[a], known[b], xtol=XTOL, known=known)
 
 
 def _root(f, a, b):
     return brentq(f, a, b, xtol=XTOL, rtol=4 * np.finfo(float).eps)
 
 
-def _with_extrema(f, grid, vals, most: int = 8):
+def _with_extrema(f, grid, vals, most: int = 8, known=None):
     """``grid`` and ``vals`` with every interior local extremum of the scan refined between
     its neighbours and inserted: a scan of step 2 can miss the extremum of a narrow bump by a
     quarter of its height, and with it two roots, or the true range of ``f`` that a "no
     solution" message reports. Used only when the scan finds no root. ``most``: extrema
-    refined at most (those farthest from the median first)."""
+    refined at most (those farthest from the median first). ``known``: (z, f(z)) of an extremum
+    already located to XTOL (the peak): inserted, and not refined again."""
     grid = np.asarray(grid, dtype=float)
     vals = np.asarray(vals, dtype=float)
+    skip = None
+    if known is not None and grid[0] < known[0] < grid[-1]:
+        skip = int(np.searchsorted(grid, known[0]))
+        grid, vals = np.insert(grid, skip, known[0]), np.insert(vals, skip, known[1])
     inner = [i for i in range(1, len(vals) - 1)
-             if (vals[i] - vals[i - 1]) * (vals[i + 1] - vals[i]) <= 0]
+             if (vals[i] - vals[i - 1]) * (vals[i + 1] - vals[i]) <= 0 and i != skip]
     inner.sort(key=lambda i: -abs(vals[i] - np.nanmedian(vals)))
     xs, vs = [], []
     for i in inner[:most]:
@@ -182,10 +212,13 @@ def solve_epsilon(
     target: float | None = None,
     branch: str = "below",
     averager: Averager | None = None,
+    other_root: bool = True,
 ) -> EpsilonResult:
     """The logit bias ε for ``loss`` at ``classes`` classes under ``criterion``.
 
-    Raises :class:`NoSolutionError` when no real ε satisfies the criterion.
+    ``other_root=False`` skips refining the root on the other side of the peak (its
+    ``other_root`` is then None; ε itself is the same). Raises :class:`NoSolutionError` when no
+    real ε satisfies the criterion.
     """
     classes = check_classes(classes)
     if criterion not in CRITERIA:
@@ -228,11 +261,12 @@ def solve_epsilon(
         t, t_err = float(target), 0.0
 
     f = vals - t
-    z_root, other = _pick_root(f, grid, zs, branch, loss, params, classes, av, t)
+    z_root, other = _pick_root(f, grid, zs, branch, loss, params, classes, av, t, other_root)
     if z_root is None:  # refine the scan's other extrema: a root may hide between two points
         grid, vals = _with_extrema(lambda z: av.mean_delta(loss, params, classes, z).value[0],
-                                   grid, vals)
-        z_root, other = _pick_root(vals - t, grid, zs, branch, loss, params, classes, av, t)
+                                   grid, vals, known=None if zs is None else (zs, peak_delta))
+        z_root, other = _pick_root(vals - t, grid, zs, branch, loss, params, classes, av, t,
+                                   other_root)
     if z_root is None:
         _no_root(loss, classes, t, zs, peak_delta, grid, vals)
     at = av.mean_delta(loss, params, classes, z_root)
@@ -272,11 +306,15 @@ def _difference_error(method: str, target_err: float, value_err: float, *, same_
     return math.hypot(target_err, value_err)
 
 
-def _pick_root(f, grid, zs, branch, loss, params, classes, av, t):
-    """Bracket the root on the requested side of the peak, then refine it."""
+def _pick_root(f, grid, zs, branch, loss, params, classes, av, t, other_root=True):
+    """Bracket the root on the requested side of the peak, then refine it (and the root on the
+    other side, unless ``other_root`` is False)."""
 
     def F(z):
         return float(av.mean_delta(loss, params, classes, z).value[0]) - t
+
+    def Fv(z):
+        return av.mean_delta(loss, params, classes, z).value - t
 
     roots = []
     if zs is None:
@@ -286,15 +324,19 @@ def _pick_root(f, grid, zs, branch, loss, params, classes, av, t):
         left = grid < zs
         sides = [(np.append(grid[left], zs), np.append(f[left], fz)),
                  (np.insert(grid[~left], 0, zs), np.insert(f[~left], 0, fz))]
-    for g, fv in sides:
+    wanted = 0 if branch == "below" else 1
+    for side, (g, fv) in enumerate(sides):
         found = None
+        if not other_root and zs is not None and side != wanted:
+            roots.append(found)
+            continue
         idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
         if len(idx):
             # below the peak take the sign change closest to the peak (largest z)
             i = idx[-1] if g is sides[0][0] and zs is not None else idx[0]
-            a, b = g[i], g[i + 1]
-            fa, fb = fv[i], fv[i + 1]
-            found = a if fa == 0 else (b if fb == 0 else _root(F, a, b))
+            a, b = float(g[i]), float(g[i + 1])
+            near = range(max(i - 1, 0), min(i + 3, len(g)))  # neighbours for interpolation
+            found = _bracket(Fv, {float(g[j]): float(fv[j]) for j in near}, a, b)
         roots.append(found)
     if zs is None:
         return roots[0], None

@@ -122,7 +122,7 @@ def compute_epsilon(row: dict, avs: Averagers) -> dict:
     try:
         r = solve_epsilon(spec, params, row["classes"], av.dist, criterion=row["criterion"],
                           reference_classes=row["reference_classes"] or REFERENCE_CLASSES,
-                          averager=av)
+                          averager=av, other_root=False)
         out.update(epsilon=r.epsilon, error=_num(r.error), method=r.method,
                    delta_before=r.delta_before, delta_after=r.delta_after,
                    status=_status(r.error, EPS_UNCERTAIN))

@@ -1,0 +1,108 @@
+"""The vectorised bracketing root finder (roots.py) and the incremental representation check."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+from calibrate_cli.laplace import Representation, check_representation, laplace_inverse, u_grid
+from calibrate_cli.roots import bracketed_root
+
+XTOL = 1e-12
+
+
+class Counted:
+    def __init__(self, f):
+        self.f, self.calls, self.points = f, 0, 0
+
+    def __call__(self, z):
+        z = np.asarray(z, dtype=float)
+        self.calls += 1
+        self.points += z.size
+        return self.f(z)
+
+
+@pytest.mark.parametrize("c", [-3.7, 0.0, 0.123456789, 2.5, 41.0])
+def test_smooth_root_to_xtol_in_few_calls(c):
+    """A bump-like smooth function (as <δ_k>(z) minus a target): the root agrees with Brent's
+    to 2·xtol, and takes at most 6 calls of 2 points (Brent: about 10 calls of 1)."""
+    def f(z):
+        return np.tanh(z - c) * (1.0 + 0.3 * (z - c + 0.4) ** 2) + 0.05 * (z - c) ** 3
+    F = Counted(f)
+    a, b = c - 1.3, c + 0.7
+    r = bracketed_root(F, a, b, float(f(np.array(a))), float(f(np.array(b))), xtol=XTOL)
+    ref = brentq(lambda z: float(f(np.array(z))), a, b, xtol=1e-15, rtol=1e-15)
+    assert abs(r - ref) <= 2 * XTOL + 8 * np.finfo(float).eps * abs(ref)
+    assert F.calls <= 6 and F.points <= 12, (F.calls, F.points)
+
+
+def test_discontinuous_function_still_bracketed():
+    """A jump (interpolation useless): the answer still lies within xtol of the sign change,
+    through the fallback."""
+    c = 0.3141592653589793
+    F = Counted(lambda z: np.where(z > c, 1.0, -1.0))
+    r = bracketed_root(F, -2.0, 3.0, -1.0, 1.0, xtol=XTOL)
+    assert abs(r - c) <= 2 * XTOL
+
+
+def test_known_points_and_exact_zeros():
+    f = lambda z: z ** 3 - 2.0  # noqa: E731
+    F = Counted(f)
+    known = {0.0: -2.0, 3.0: 25.0}  # neighbours outside the bracket help the interpolation
+    r = bracketed_root(F, 1.0, 2.0, -1.0, 6.0, xtol=XTOL, known=known)
+    assert abs(r - 2 ** (1 / 3)) <= 2 * XTOL
+    assert bracketed_root(F, 1.0, 2.0, 0.0, 6.0, xtol=XTOL) == 1.0
+    assert bracketed_root(F, 1.0, 2.0, -1.0, 0.0, xtol=XTOL) == 2.0
+
+
+def test_incremental_representation_check_equals_a_full_check():
+    """Extending the checked range of ln x checks only the new lattice points; the bounds must
+    be those of checking the whole range at once (GCE q = 0.7, as the q table's kernels)."""
+    q = 0.7
+
+    def H(x):
+        p = 1.0 / (1.0 + x)
+        return (1.0 - p ** q) / q
+
+    u = u_grid(H, 1.0, -60.0)
+
+    def rep():
+        return Representation(u, laplace_inverse(H, u))
+
+    step = rep()
+    check_representation(step, H, 0.0, -10.3, 12.0)
+    check_representation(step, H, 0.0, -30.7, 230.0)  # wider on both sides (and past 200)
+    check_representation(step, H, 0.0, -33.2, 236.0)  # a little wider: the largest errors are inside
+    full = rep()
+    check_representation(full, H, 0.0, -33.2, 236.0)
+    # (the kernel's scale is fixed by the first check, as before: not compared)
+    assert (step.err_a, step.err_b, step.err_slope) == (full.err_a, full.err_b, full.err_slope)
+    assert (step.log_x_lo, step.log_x_hi) == (full.log_x_lo, full.log_x_hi)
+    assert math.isfinite(full.err_b)
+
+
+@pytest.mark.parametrize("loss,crit", [("mae", "match"), ("gce", "match"), ("nce-mae", "match"),
+                                       ("nf-mae", "peak")])
+def test_tables_skip_only_the_other_root(loss, crit):
+    """The tables solve ε with other_root=False: the same ε, error and δ as the command line's
+    solve, only without the root on the other side of the peak."""
+    from calibrate_cli.average import Averager
+    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.losses import get_loss, resolve_params
+    from calibrate_cli.solve import solve_epsilon
+
+    spec = get_loss(loss)
+    dist = Gaussian(0.0, 0.5)
+    out = []
+    for other in (True, False):
+        av = Averager(dist, samples=256, seed=0)
+        out.append(solve_epsilon(spec, resolve_params(spec), 300, dist, criterion=crit,
+                                 averager=av, other_root=other))
+    full, short = out
+    assert (short.epsilon, short.error, short.delta_after) == (full.epsilon, full.error,
+                                                              full.delta_after)
+    assert short.other_root is None
+    assert crit == "peak" or full.other_root is not None
