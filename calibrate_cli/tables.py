@@ -466,6 +466,16 @@ def write_index(tables: list[Table], out_dir: str) -> str:
     for t in tables:
         lines.append(f"| [{t.name}]({t.name}.md) | {t.title} | {len(t.rows)} | "
                      f"{t.header['seconds']} |")
+    for t in tables:  # which loss is on which grid: every loss of a table, its K and stds
+        if not t.rows or not {"loss", "classes", "logit_std"} <= set(t.columns):
+            continue
+        lines += ["", f"Coverage of [{t.name}]({t.name}.md): every loss, its K values (2 to "
+                  f"{max(r['classes'] for r in t.rows):,}) and logit stds:", "",
+                  "| loss | K values | stds | rows |", "|---|---|---|---|"]
+        for loss in dict.fromkeys(r["loss"] for r in t.rows):
+            sub = [r for r in t.rows if r["loss"] == loss]
+            lines.append(f"| {loss} | {len({r['classes'] for r in sub})} | "
+                         f"{len({r['logit_std'] for r in sub})} | {len(sub)} |")
     path = os.path.join(out_dir, "README.md")
     write_atomic(path, "\n".join(lines) + "\n")
     return path
