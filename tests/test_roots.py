@@ -106,3 +106,37 @@ def test_tables_skip_only_the_other_root(loss, crit):
                                                               full.delta_after)
     assert short.other_root is None
     assert crit == "peak" or full.other_root is not None
+
+
+def test_a_peak_beyond_the_window_is_found_not_called_monotone():
+    """biTemp's tempered softmax (t2 = 1.2) puts the peak of <δ_k> at K = 10^5 about 42 above
+    the logit mean, just beyond the first scan (which ends at 41.6): the scan is widened while
+    |<δ_k>| still grows at its end, instead of reporting a monotone curve (as it did)."""
+    from calibrate_cli.average import Averager, DRAW_BUDGET
+    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.losses import get_loss, resolve_params
+    from calibrate_cli.solve import _window, solve_epsilon
+
+    spec = get_loss("bitemp")
+    params = resolve_params(spec)
+    dist = Gaussian(0.0, 0.5)
+    av = Averager(dist, samples=4096, draw_budget=DRAW_BUDGET)
+    k = 100_000
+    r = solve_epsilon(spec, params, k, dist, criterion="peak", averager=av)
+    assert r.epsilon > _window(dist, av, k)[-1]  # beyond the end of the first scan
+    around = av.mean_delta(spec, params, k, np.array([r.epsilon - 1, r.epsilon, r.epsilon + 1]))
+    assert abs(around.value[1]) > abs(around.value[0]) and abs(around.value[1]) > abs(around.value[2])
+    assert abs(av.slope(spec, params, k, r.epsilon).value[0]) < 1e-6
+
+
+def test_a_curve_flat_at_its_end_stays_monotone():
+    """CE's <δ_k> = <σ_k> - 1 tends to -1 below the window: no peak is invented there."""
+    from calibrate_cli.average import Averager
+    from calibrate_cli.errors import NoSolutionError
+    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.losses import get_loss
+    from calibrate_cli.solve import solve_epsilon
+
+    dist = Gaussian(0.0, 0.5)
+    with pytest.raises(NoSolutionError, match="monotone"):
+        solve_epsilon(get_loss("ce"), {}, 1000, dist, criterion="peak", averager=Averager(dist))
