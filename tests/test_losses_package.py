@@ -20,7 +20,7 @@ ALLOWED = {
     "torch_impl": set(),
     "base": {"torch_impl"},
     "nfl_series": {"base"},
-    "bitemp_series": set(),
+    "bitemp_series": {"base"},
     "rce_series": {"base"},
     "specs": {"base", "nfl_series", "bitemp_series", "rce_series"},
     "user": {"base"},

@@ -251,3 +251,9 @@ def register(spec: LossSpec) -> LossSpec:
 def declared() -> tuple[LossSpec, ...]:
     """Every declared spec, in declaration order."""
     return tuple(_DECLARED)
+
+
+def pad_columns(x: np.ndarray, width: int, value: float) -> np.ndarray:
+    """``x`` [rows, w] padded on the right to ``width`` columns with ``value`` (the reductions
+    of chunks of draws are joined this way)."""
+    return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)

@@ -41,6 +41,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import ndtri
 
+from .base import pad_columns
+
 TOL = 1e-12  # relative truncation error allowed in each S_α over the rest
 ROUNDING = 1e4  # largest rounding amplification ((1+ρ)/(1-ρ))^s accepted
 ALL_EXPLICIT = 64  # draws of at most this many other classes are kept whole
@@ -174,14 +176,12 @@ class BiTempReduce:
         width = max(p.explicit.shape[1] for p in parts)
         P = max(p.m.shape[1] for p in parts)
 
-        def pad(x, w, value):
-            return np.pad(x, ((0, 0), (0, w - x.shape[1])), constant_values=value)
-
         return BiTempDraws(np.concatenate([p.mean for p in parts]),
-                           np.concatenate([pad(p.explicit, width, -np.inf) for p in parts]),
+                           np.concatenate([pad_columns(p.explicit, width, -np.inf) for p in parts]),
                            np.concatenate([p.dmax for p in parts]),
                            np.concatenate([p.h for p in parts]),
-                           np.concatenate([pad(p.m, P, np.nan) for p in parts]), parts[0].others)
+                           np.concatenate([pad_columns(p.m, P, np.nan) for p in parts]),
+                           parts[0].others)
 
 
 def _split(d, absd, kappa):

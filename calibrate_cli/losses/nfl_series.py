@@ -55,7 +55,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .base import lse_and_sum
+from .base import lse_and_sum, pad_columns
 
 TAU = 1.0 / 32  # π_j above this is kept explicitly (fewer than 1/TAU per draw)
 TOL = 1e-12  # relative truncation error allowed in the sums over the rest
@@ -175,15 +175,12 @@ class NFLReduce:
         width = max(p.explicit.shape[1] for p in parts)
         P = max(p.a.shape[1] for p in parts)
 
-        def pad(x, w, value):
-            return np.pad(x, ((0, 0), (0, w - x.shape[1])), constant_values=value)
-
         return NFLDraws(np.concatenate([p.lse for p in parts]),
                         np.concatenate([p.total for p in parts]),
-                        np.concatenate([pad(p.explicit, width, -np.inf) for p in parts]),
+                        np.concatenate([pad_columns(p.explicit, width, -np.inf) for p in parts]),
                         np.concatenate([p.r for p in parts]),
-                        np.concatenate([pad(p.a, P, np.nan) for p in parts]),
-                        np.concatenate([pad(p.b, P, np.nan) for p in parts]))
+                        np.concatenate([pad_columns(p.a, P, np.nan) for p in parts]),
+                        np.concatenate([pad_columns(p.b, P, np.nan) for p in parts]))
 
 
 SLAB = 8192  # long rows are summed in slabs of this many columns, so the powers stay in cache
