@@ -112,6 +112,7 @@ def calibrate_loop(bundle, device: str, batch: int, epochs: int, lr: float, seed
             dataset="glyphs", classes=bundle.classes, model=model_name, loss="ce", augment="none",
             batch_size=batch, epochs=epochs, lr=lr, momentum=0.9, weight_decay=0.0,
             grad_clip=0.0, schedule="constant", seed=seed, device=device, precision=precision,
+            threads=torch.get_num_threads(),  # the minimal loop's threads, not the load-based default
             out=f"{tmp}/run"))
         res = loop.train(cfg, bundle=bundle, progress=progress)
     return statistics.mean(r["samples_per_s"] for r in res.history[1:])
