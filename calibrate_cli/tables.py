@@ -50,7 +50,8 @@ import numpy as np
 from ._version import __version__
 from .atomic import write_atomic
 from .errors import NoSolutionError, UsageError
-from .tables_run import MC_DRAW_BUDGET, MC_MIN_SAMPLES, Averagers, run_rows
+from .tables_run import (MC_DRAW_BUDGET, MC_MIN_SAMPLES, Averagers, format_params,
+                         parse_params, run_rows)
 
 TABLE_NAMES = ("epsilon", "q", "transfer", "presets")
 STDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -79,18 +80,6 @@ def class_grid(points: int = 64, high: int = 10**6) -> list[int]:
     """
     raw = np.geomspace(2, high, points)
     return sorted({int(round(k)) for k in raw})
-
-
-# ------------------------------------------------------------------- params
-def format_params(params: dict) -> str:
-    """``a=0.6;q=0.6``: exact (repr) values, sorted by name; '' for none."""
-    return ";".join(f"{k}={float(v)!r}" for k, v in sorted(params.items()))
-
-
-def parse_params(text: str) -> dict:
-    if not text:
-        return {}
-    return {k: float(v) for k, v in (part.split("=", 1) for part in text.split(";"))}
 
 
 # -------------------------------------------------------------------- tables
@@ -339,7 +328,7 @@ def build_table(name: str, *, quick: bool = False, jobs: int = 1, progress=None)
         raise UsageError(f"unknown table '{name}' (known: {', '.join(TABLE_NAMES)})")
     t0 = time.perf_counter()
     inputs = ROWS[name](quick)
-    rows = run_rows(name, inputs, jobs, progress)
+    rows = run_rows(name, inputs, jobs, progress, KERNELS[name])
     return Table(name, TITLES[name], _header(name, quick, time.perf_counter() - t0),
                  COLUMNS[name], rows)
 

@@ -22,6 +22,18 @@ MC_GROUPS = 6  # Monte Carlo groups (interleaved K) per table
 MEMO_LIMIT = 200_000
 
 
+def format_params(params: dict) -> str:
+    """``a=0.6;q=0.6``: a row's parameters, exact (repr) values sorted by name; '' for none."""
+    return ";".join(f"{k}={float(v)!r}" for k, v in sorted(params.items()))
+
+
+def parse_params(text: str) -> dict:
+    """The parameters of a row back from :func:`format_params`'s text."""
+    if not text:
+        return {}
+    return {k: float(v) for k, v in (part.split("=", 1) for part in text.split(";"))}
+
+
 def _memo_averager(dist, **kwargs):
     """An Averager whose mean_delta and slope remember their results (deterministic: exact
     kernels, or Monte Carlo on fixed seeded draws)."""
@@ -126,7 +138,6 @@ def _reducers(rows):
     from .average import reducer_of
     from .losses import get_loss
     from .losses.registry import lse_and_sum
-    from .tables import parse_params
 
     out = [lse_and_sum]
     for loss, params in dict.fromkeys((r["loss"], r["params"]) for r in rows):
@@ -136,12 +147,10 @@ def _reducers(rows):
 
 
 def run_group(args):
-    """Compute the rows of one group (in a worker process or in this one)."""
-    from . import tables as T
-
-    name, rows = args
+    """Compute the rows of one group (in a worker process or in this one) with the table's
+    kernel (a module-level function of calibrate_cli.tables: it pickles by name)."""
+    name, kernel, rows = args
     avs = Averagers()
-    kernel = T.KERNELS[name]
     shared = name == "epsilon" and rows and rows[0].get("samples") and _reducible_mc(rows[0]["loss"])
     if not shared:
         return [kernel(r, avs) for r in rows]
@@ -165,16 +174,17 @@ def run_group(args):
     return out
 
 
-def run_rows(name, inputs, jobs, progress):
-    """All rows of a table, in their order; ``jobs`` worker processes."""
+def run_rows(name, inputs, jobs, progress, kernel):
+    """All rows of a table, each computed by ``kernel(row, averagers)``, in their order;
+    ``jobs`` worker processes."""
     k_index = {k: i for i, k in enumerate(sorted({r["classes"] for r in inputs}))}
     groups: dict = {}
     for i, r in enumerate(inputs):
         groups.setdefault(_group_key(name, r, k_index), []).append((i, r))
-    work = [(name, [r for _, r in g]) for g in groups.values()]
+    work = [(name, kernel, [r for _, r in g]) for g in groups.values()]
     order = [[i for i, _ in g] for g in groups.values()]
     # the costly groups first, so that the pool stays busy
-    ranked = sorted(range(len(work)), key=lambda j: -_cost(work[j][1]))
+    ranked = sorted(range(len(work)), key=lambda j: -_cost(work[j][2]))
     out: list = [None] * len(inputs)
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
