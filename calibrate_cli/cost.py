@@ -68,9 +68,9 @@ def _monte_carlo(loss: LossSpec, params) -> bool:
 def epsilon_evaluations(averager: Averager, classes: int, criterion: str = "match",
                         reference_classes: int = 10) -> dict[int, int]:
     """{K: whole-vector evaluations} of ``solve_epsilon``."""
-    from .solve import _window
+    from .window import scan_window
 
-    n = len(_window(averager.dist, averager, classes)) + EXTRA_EVALUATIONS.get(criterion, 40)
+    n = len(scan_window(averager.dist, averager, classes)) + EXTRA_EVALUATIONS.get(criterion, 40)
     out = {classes: n}
     if criterion == "match" and reference_classes != classes:
         out[reference_classes] = 1

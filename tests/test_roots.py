@@ -115,7 +115,8 @@ def test_a_peak_beyond_the_window_is_found_not_called_monotone():
     from calibrate_cli.average import Averager, DRAW_BUDGET
     from calibrate_cli.logits import Gaussian
     from calibrate_cli.losses import get_loss, resolve_params
-    from calibrate_cli.solve import _window, solve_epsilon
+    from calibrate_cli.solve import solve_epsilon
+    from calibrate_cli.window import scan_window
 
     spec = get_loss("bitemp")
     params = resolve_params(spec)
@@ -123,7 +124,7 @@ def test_a_peak_beyond_the_window_is_found_not_called_monotone():
     av = Averager(dist, samples=4096, draw_budget=DRAW_BUDGET)
     k = 100_000
     r = solve_epsilon(spec, params, k, dist, criterion="peak", averager=av)
-    assert r.epsilon > _window(dist, av, k)[-1]  # beyond the end of the first scan
+    assert r.epsilon > scan_window(dist, av, k)[-1]  # beyond the end of the first scan
     around = av.mean_delta(spec, params, k, np.array([r.epsilon - 1, r.epsilon, r.epsilon + 1]))
     assert abs(around.value[1]) > abs(around.value[0]) and abs(around.value[1]) > abs(around.value[2])
     assert abs(av.slope(spec, params, k, r.epsilon).value[0]) < 1e-6
