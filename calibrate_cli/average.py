@@ -92,6 +92,8 @@ Z_LIMIT = 500.0  # |z - mean| beyond this: p or 1 - p underflows, δ_k is not re
 #: kernel's scale (max |δ_k|); otherwise that term is averaged by Monte Carlo, and the
 #: result says so (``Average.note``).
 EXACT_TOL = 1e-8
+RHO_CACHE = 256  # Laplace representations kept per Averager (least recently used dropped)
+PSI_CACHE = 64  # ψ on the u lattice, per z, kept per Averager (least recently used dropped)
 
 
 class NonFiniteAverage(UsageError):
@@ -165,6 +167,7 @@ class Averager:
         self._mc_cache: dict = {}
         self._stats_cache: dict = {}
         self._rho_cache: dict = {}
+        self._psi_cache: dict = {}
         self._cv_cache: dict = {}
 
     # ................................................................ public
@@ -242,16 +245,16 @@ class Averager:
         lx_hi = max(math.log(n) + self._x_hi - z_lo, lx_lo)
         log_u_lo = math.log(1e-18) - math.log(n) - self._log_m + z_lo
         key = tuple((t.loss.name, t.weight, tuple(sorted(t.params.items()))) for t in terms)
-        rep = self._rho_cache.get(key)
+        rep = self._rho_cache.pop(key, None)  # re-inserted below: the most recent last
         if rep is None or rep.v0 > max(log_u_lo, -700.0) + 1e-9:
             with np.errstate(all="ignore"):
                 decay = min(t.loss.sigma.decay(t.params) for t in terms)
                 u = u_grid(H, decay, log_u_lo)
                 rep = Representation(u, laplace_inverse(H, u))
                 rep.g1 = float(np.real(H(np.array([0.0 + 0j]))[0]))
-            if len(self._rho_cache) > 256:
-                self._rho_cache.clear()
-            self._rho_cache[key] = rep
+        if len(self._rho_cache) >= RHO_CACHE:  # least recently used out (a transfer's scan
+            del self._rho_cache[next(iter(self._rho_cache))]  # values stay across its rows)
+        self._rho_cache[key] = rep
         if lx_lo < rep.log_x_lo or lx_hi > rep.log_x_hi:
             check_representation(rep, H, offset, min(lx_lo, rep.log_x_lo), max(lx_hi, rep.log_x_hi))
         tol = EXACT_TOL * rep.scale
@@ -272,10 +275,10 @@ class Averager:
                 rows = shift[:, None] + np.arange(nu)[None, :]
                 psi = psi_l[rows]
                 ty_e = None if ty_l is None else ty_l[rows]
-        if rows is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}]
-            psi, ty_e = self._lt.psi((log_u[None, :] - z[:, None]).ravel(), slope)
-            psi = psi.reshape(len(z), nu)
-            ty_e = None if ty_e is None else ty_e.reshape(len(z), nu)
+        if rows is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}], per z from the lattice cache
+            parts = [self._psi_on_lattice(float(zi), v0, nu, slope) for zi in z]
+            psi = np.stack([p for p, _ in parts])
+            ty_e = np.stack([t for _, t in parts]) if slope else None
         with np.errstate(divide="ignore"):
             log_phi = np.log1p(-psi)
         if slope:
@@ -294,6 +297,24 @@ class Averager:
         out = np.where(use_a, offset + phi_n @ ru, offset + g1 - one_minus @ ru)
         err = np.where(use_a, err_a, err_b)
         return out, err
+
+    def _psi_on_lattice(self, z: float, v0: float, nu: int, slope: bool):
+        """ψ (and E[tY e^{-tY}] if ``slope``) at ln t = v0 + V_STEP·i - z, i < nu. Every u grid
+        lies on the lattice of V_STEP, so these values depend on the kernel only through the
+        range of i: they are kept per (z, slope) over the widest range asked for, and serve
+        every kernel and every K evaluated at this z (a transfer's scan: all at z = μ)."""
+        j0 = int(round(v0 / V_STEP))
+        key = (z, slope)
+        hit = self._psi_cache.pop(key, None)
+        if hit is None or not (hit[0] <= j0 and j0 + nu <= hit[0] + len(hit[1])):
+            lo = j0 if hit is None else min(j0, hit[0])
+            hi = j0 + nu if hit is None else max(j0 + nu, hit[0] + len(hit[1]))
+            hit = (lo, *self._lt.psi(V_STEP * np.arange(lo, hi) - z, slope))
+        if len(self._psi_cache) >= PSI_CACHE:
+            del self._psi_cache[next(iter(self._psi_cache))]
+        self._psi_cache[key] = hit
+        a = j0 - hit[0]
+        return hit[1][a:a + nu], (hit[2][a:a + nu] if slope else None)
 
     def samples_at(self, classes: int) -> int:
         """Monte Carlo vectors drawn at K: ``samples``, or with a draw budget
@@ -335,9 +356,9 @@ class Averager:
         if missing:
             zm = np.array(missing)
             if slope:
-                h = 1e-4
-                vals = (self._per_sample(term, classes, zm + h, False)
-                        - self._per_sample(term, classes, zm - h, False)) / (2 * h)
+                h = 1e-4  # both sides in one evaluation (one Newton solve, one set-up)
+                both = self._per_sample(term, classes, np.concatenate([zm + h, zm - h]), False)
+                vals = (both[:len(zm)] - both[len(zm):]) / (2 * h)
             else:
                 vals = self._delta_draws(term, classes, zm)
             if len(self._mc_cache) + len(missing) > 4096:

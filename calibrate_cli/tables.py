@@ -51,7 +51,7 @@ from ._version import __version__
 from .atomic import write_atomic
 from .errors import NoSolutionError, UsageError
 from .tables_run import (MC_DRAW_BUDGET, MC_MIN_SAMPLES, Averagers, format_params,
-                         parse_params, run_rows)
+                         parse_params, run_tables)
 
 TABLE_NAMES = ("epsilon", "q", "transfer", "presets")
 STDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -322,15 +322,21 @@ def _header(name: str, quick: bool, seconds: float) -> dict:
     return common
 
 
+def build_tables(names, *, quick: bool = False, jobs: int = 1, progress=None) -> list[Table]:
+    """Compute several tables at once: the row groups of all of them share one pool of
+    ``jobs`` worker processes (``quick``: a few rows per table, for tests). A table's header
+    gives the seconds its rows took, summed over the workers."""
+    bad = [n for n in names if n not in ROWS]
+    if bad:
+        raise UsageError(f"unknown table '{bad[0]}' (known: {', '.join(TABLE_NAMES)})")
+    done = run_tables([(n, ROWS[n](quick), KERNELS[n]) for n in names], jobs, progress)
+    return [Table(n, TITLES[n], _header(n, quick, seconds), COLUMNS[n], rows)
+            for n, (rows, seconds) in zip(names, done)]
+
+
 def build_table(name: str, *, quick: bool = False, jobs: int = 1, progress=None) -> Table:
-    """Compute one table (``quick``: a few rows only, for tests)."""
-    if name not in ROWS:
-        raise UsageError(f"unknown table '{name}' (known: {', '.join(TABLE_NAMES)})")
-    t0 = time.perf_counter()
-    inputs = ROWS[name](quick)
-    rows = run_rows(name, inputs, jobs, progress, KERNELS[name])
-    return Table(name, TITLES[name], _header(name, quick, time.perf_counter() - t0),
-                 COLUMNS[name], rows)
+    """Compute one table (:func:`build_tables` for one name)."""
+    return build_tables([name], quick=quick, jobs=jobs, progress=progress)[0]
 
 
 # ------------------------------------------------------------------- writing
@@ -451,7 +457,7 @@ def write_index(tables: list[Table], out_dir: str) -> str:
              f"Regenerate with `calibrate tables --out-dir {os.path.basename(out_dir.rstrip('/')) or 'tables'}` "
              f"(calibrate {__version__}). Each table comes as CSV (header lines start with `#`), "
              "JSON (`header`, `columns`, `rows` as lists in column order) and Markdown.", "",
-             "| table | what | rows | seconds |", "|---|---|---|---|"]
+             "| table | what | rows | seconds (summed over workers) |", "|---|---|---|---|"]
     for t in tables:
         lines.append(f"| [{t.name}]({t.name}.md) | {t.title} | {len(t.rows)} | "
                      f"{t.header['seconds']} |")

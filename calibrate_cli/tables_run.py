@@ -148,12 +148,23 @@ def _reducers(rows):
 
 def run_group(args):
     """Compute the rows of one group (in a worker process or in this one) with the table's
-    kernel (a module-level function of calibrate_cli.tables: it pickles by name)."""
-    name, kernel, rows = args
+    kernel (a module-level function of calibrate_cli.tables: it pickles by name); returns the
+    rows and the seconds they took."""
+    import time
+
+    t0 = time.perf_counter()
+    return _run_group(*args), time.perf_counter() - t0
+
+
+def _run_group(name, kernel, rows):
     avs = Averagers()
     shared = name == "epsilon" and rows and rows[0].get("samples") and _reducible_mc(rows[0]["loss"])
-    if not shared:
-        return [kernel(r, avs) for r in rows]
+    if not shared:  # largest K first: its Laplace representations reach the smallest u, and
+        # serve every smaller K after it (ascending K would rebuild them as K grows)
+        out = [None] * len(rows)
+        for i in sorted(range(len(rows)), key=lambda i: -rows[i]["classes"]):
+            out[i] = kernel(rows[i], avs)
+        return out
     reducers = _reducers(rows)
     stds = sorted({r["logit_std"] for r in rows})
     group = [avs.get(s, rows[0]["samples"], rows[0]["seed"]) for s in stds]
@@ -174,44 +185,57 @@ def run_group(args):
     return out
 
 
-def run_rows(name, inputs, jobs, progress, kernel):
-    """All rows of a table, each computed by ``kernel(row, averagers)``, in their order;
-    ``jobs`` worker processes."""
-    k_index = {k: i for i, k in enumerate(sorted({r["classes"] for r in inputs}))}
-    groups: dict = {}
-    for i, r in enumerate(inputs):
-        groups.setdefault(_group_key(name, r, k_index), []).append((i, r))
-    work = [(name, kernel, [r for _, r in g]) for g in groups.values()]
-    order = [[i for i, _ in g] for g in groups.values()]
-    # the costly groups first, so that the pool stays busy
-    ranked = sorted(range(len(work)), key=lambda j: -_cost(work[j][2]))
-    out: list = [None] * len(inputs)
+def run_tables(tables, jobs, progress):
+    """The rows of several tables, ``tables`` = [(name, inputs, kernel)], each row computed by
+    ``kernel(row, averagers)``: all groups of all tables in one pool of ``jobs`` processes, the
+    costly ones first (so that the pool stays busy to the end). Returns per table its rows in
+    input order and the seconds its groups took (summed over the workers)."""
+    work, where = [], []
+    for t, (name, inputs, kernel) in enumerate(tables):
+        k_index = {k: i for i, k in enumerate(sorted({r["classes"] for r in inputs}))}
+        groups: dict = {}
+        for i, r in enumerate(inputs):
+            groups.setdefault(_group_key(name, r, k_index), []).append((i, r))
+        for g in groups.values():
+            work.append((name, kernel, [r for _, r in g]))
+            where.append((t, [i for i, _ in g]))
+    ranked = sorted(range(len(work)), key=lambda j: -_cost(work[j][0], work[j][2]))
+    out = [([None] * len(inputs), 0.0) for _, inputs, _ in tables]
+    seconds = [0.0] * len(tables)
+
+    def collect(j, res):
+        (rows, took), (t, order) = res, where[j]
+        for i, r in zip(order, rows):
+            out[t][0][i] = r
+        seconds[t] += took
+        if progress:
+            progress(tables[t][0], len(rows))
+
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for j, res in zip(ranked, pool.map(run_group, [work[j] for j in ranked])):
-                for i, r in zip(order[j], res):
-                    out[i] = r
-                if progress:
-                    progress(name, len(res))
+                collect(j, res)
     else:
         for j in ranked:
-            res = run_group(work[j])
-            for i, r in zip(order[j], res):
-                out[i] = r
-            if progress:
-                progress(name, len(res))
-    return out
+            collect(j, run_group(work[j]))
+    return [(rows, seconds[t]) for t, (rows, _) in enumerate(out)]
 
 
-def _cost(rows):
-    """Rough seconds: a row's solve, plus the draws of Monte Carlo rows (shared by the rows at
-    the same K of one group)."""
+def run_rows(name, inputs, jobs, progress, kernel):
+    """All rows of one table in their order (:func:`run_tables` for one table)."""
+    return run_tables([(name, inputs, kernel)], jobs, progress)[0][0]
+
+
+def _cost(name, rows):
+    """Rough seconds: a row's solve (a transfer builds a Laplace representation per parameter
+    value it tries: dearer than a root in z), plus the draws of Monte Carlo rows (shared by the
+    rows at the same K of one group)."""
     seconds = 0.0
     draws = {}
     for r in rows:
-        seconds += 0.02 if r.get("samples") else 0.008
+        seconds += 0.02 if r.get("samples") else (0.006 if name == "epsilon" else 0.05)
         if r.get("samples"):
             draws[(r["classes"], r["logit_std"])] = samples_at(r["samples"], r["classes"]) * r["classes"]
     return seconds + 2e-8 * sum(draws.values())

@@ -359,3 +359,25 @@ def test_monte_carlo_error_estimates_are_honest():
     assert 0.6 < np.std(vals, ddof=1) / np.mean(verrs) < 1.6
     same = solve_epsilon(spec, params, 10, dist, averager=Averager(dist, samples=256, seed=0))
     assert abs(same.epsilon) < 1e-9 and same.error < 1e-9
+
+
+def test_psi_kept_per_z_on_the_u_lattice_is_psi():
+    """The exact path keeps ψ per z over the lattice of u (every kernel's u grid lies on it):
+    what it returns equals ψ computed afresh, and an average does not depend on what the same
+    Averager evaluated before (another kernel, another K, a wider lattice range)."""
+    from calibrate_cli.laplace import V_STEP
+
+    spec = get_loss("gce")
+    fresh = Averager(Gaussian(0.0, 0.5)).mean_delta(spec, {"q": 0.3}, 1000, 0.0)
+    av = Averager(Gaussian(0.0, 0.5))
+    for q, K in ((0.7, 100_000), (0.5, 10), (0.3, 2)):  # other kernels and K first, same z
+        av.mean_delta(spec, {"q": q}, K, 0.0)
+        av.slope(spec, {"q": q}, K, 0.0)
+    again = av.mean_delta(spec, {"q": 0.3}, 1000, 0.0)
+    assert again.value[0] == pytest.approx(fresh.value[0], rel=1e-14, abs=1e-300)
+    for slope in (False, True):
+        psi, ty = av._psi_on_lattice(0.0, -40 * V_STEP, 200, slope)
+        ref_psi, ref_ty = av._lt.psi(V_STEP * np.arange(-40, 160) - 0.0, slope)
+        np.testing.assert_allclose(psi, ref_psi, rtol=1e-14, atol=0)
+        if slope:
+            np.testing.assert_allclose(ty, ref_ty, rtol=1e-14, atol=0)

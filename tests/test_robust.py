@@ -347,6 +347,12 @@ def test_seed_ranges_messages_and_size():
     one_line_error(run("validate", "--seeds", "0-1000000"), 2, "more than 10000")
 
 
+def sigint_default():
+    """In the child: Ctrl-C as a terminal delivers it, even when this suite runs with SIGINT
+    ignored (started in the background by a shell), which the child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_validate_says_to_run_validate_again(tmp_path):
     out = tmp_path / "grid"
     p = subprocess.Popen([sys.executable, "-m", "calibrate_cli", "validate", "--classes", "10",
@@ -354,7 +360,7 @@ def test_ctrl_c_in_validate_says_to_run_validate_again(tmp_path):
                           "--batch-size", "8", "--epochs", "400", "--losses", "ce", "--noise", "0",
                           "--seeds", "0", "--out", str(out), "-q"], cwd=tmp_path,
                          env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=sigint_default)
     wait_for(out / "runs" / "ce" / "noise-0" / "seed-0" / "checkpoint.pt", p)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)

@@ -199,3 +199,18 @@ def test_cli_out_dir_that_cannot_be_created(tmp_path):
     r = CliRunner().invoke(app, ["tables", "--quick", "--only", "q", "--out-dir", str(blocker / "sub")])
     assert r.exit_code == 2 and r.stderr.startswith("error: --out-dir") and "\n" not in r.stderr.strip()
     assert blocker.read_text() == "keep"
+
+
+def test_tables_sharing_one_pool_are_the_tables_built_alone():
+    """build_tables deals the row groups of several tables to one pool (costliest first); each
+    table comes back in its input order, as each would alone in one process."""
+    with np.errstate(all="ignore"):  # as the CLI: scans may overflow at their far ends
+        together = T.build_tables(["q", "transfer", "presets"], quick=True, jobs=2)
+        alone_tables = {n: T.build_table(n, quick=True, jobs=1) for n in ("q", "transfer", "presets")}
+    for t in together:
+        alone = alone_tables[t.name]
+        assert [r["classes"] for r in t.rows] == [r["classes"] for r in alone.rows]
+        value = "value"
+        for a, b in zip(t.rows, alone.rows):
+            assert a["status"] == b["status"] and a[value] == b[value], (t.name, a, b)
+        assert t.header["seconds"] >= 0

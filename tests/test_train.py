@@ -354,7 +354,8 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
             "--train-per-class", "20", "--test-per-class", "2", "--model", "mlp32",
             "--batch-size", "8", "--epochs", "400", "--out", str(out), "-q"]
     p = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
@@ -464,10 +465,15 @@ def test_interrupt_during_the_checkpoint_is_held_until_the_bookkeeping_is_done()
     from calibrate_cli.train.safety import held_interrupt
 
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with held_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("checkpoint")
-            done.append("metrics")
-    assert done == ["checkpoint", "metrics"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, as in a terminal (a suite started in the background ignores SIGINT)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with held_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("checkpoint")
+                done.append("metrics")
+        assert done == ["checkpoint", "metrics"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -256,16 +256,20 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
-def test_workers_stop_when_validate_is_killed(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_workers_stop_when_validate_is_killed(tmp_path, sigint):
     """kill -9 of `validate --jobs 2`: each worker notices, saves its run's completed epochs and
-    exits, so that no orphan trains on into the folders a re-run of the grid resumes."""
+    exits, so that no orphan trains on into the folders a re-run of the grid resumes; also when
+    validate was started with SIGINT ignored (in the background: nohup, `&`)."""
+    handler = signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL
     out = tmp_path / "grid"
     i = GRID.index("--epochs") + 1
     args = [*GRID[:i], "5000", *GRID[i + 1:]]  # runs that do not end by themselves
     proc = subprocess.Popen([sys.executable, "-m", "calibrate_cli", "validate", *args,
                              "--losses", "ce,mae", "--noise", "0", "--seeds", "0",
                              "--jobs", "2", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, handler))
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 300
@@ -281,7 +285,7 @@ def test_workers_stop_when_validate_is_killed(tmp_path):
         assert len(workers) == 2
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30  # well within the grace of 60 s that ends an orphan
         while any(_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(w) for w in workers)

@@ -15,7 +15,7 @@ from .params import INT
 
 HELP = """Compute the tables of ε and recalibrated hyperparameters and write them to --out-dir.
 
-Tables: [bold]epsilon[/] (every bounded loss, criteria match and peak, 63 K from 2 to 10^6, logit std 0.05 to 2), [bold]q[/] (GCE's q from K = 100, q = 0.7 to every K), [bold]transfer[/] (NCE+AGCE and NF-MAE parameters from their CIFAR-100 presets), [bold]presets[/] (literature presets beside the computed values at K = 10, 50, 100, 1000). Each as <name>.csv, <name>.json and <name>.md, with a header saying how it was made; tables/README.md indexes them. Monte Carlo losses (NCE, NFL, biTemp and their combinations) draw 512 logit vectors per K, fewer at K above 8193 (see the headers). Takes a minute or two with --jobs 2.
+Tables: [bold]epsilon[/] (every bounded loss, criteria match and peak, 63 K from 2 to 10^6, logit std 0.05 to 2), [bold]q[/] (GCE's q from K = 100, q = 0.7 to every K), [bold]transfer[/] (NCE+AGCE and NF-MAE parameters from their CIFAR-100 presets), [bold]presets[/] (literature presets beside the computed values at K = 10, 50, 100, 1000). Each as <name>.csv, <name>.json and <name>.md, with a header saying how it was made; tables/README.md indexes them. Monte Carlo losses (NCE, NFL, biTemp and their combinations) draw 512 logit vectors per K, fewer at K above 8193 (see the headers). About a minute with --jobs 2 on two cores (the four tables share the workers).
 
 [bold]Examples[/]
 
@@ -47,31 +47,29 @@ def tables(
         raise UsageError(f"--jobs must be in [1, {(os.cpu_count() or 1) * 4}], got {jobs}")
     make_folder(out_dir, "--out-dir", lock=True)
 
-    done = {"n": 0}
-
+    done: dict = {}
     tty = sys.stderr.isatty()
 
     def progress(name, n):
-        done["n"] += n
+        done[name] = done.get(name, 0) + n
         if tty:
-            sys.stderr.write(f"\r{name}: {done['n']} rows")
+            sys.stderr.write("\r" + ", ".join(f"{k}: {v} rows" for k, v in done.items()))
             sys.stderr.flush()
 
     import numpy as np
 
-    built = []
     t0 = time.perf_counter()
-    for name in names:
-        done["n"] = 0
-        with np.errstate(all="ignore"):
-            table = T.build_table(name, quick=quick, jobs=jobs, progress=progress)
+    with np.errstate(all="ignore"):  # one pool for all tables: its workers never wait
+        built = T.build_tables(names, quick=quick, jobs=jobs, progress=progress)
+    if tty:
+        sys.stderr.write("\r\033[K")
+    for table in built:
         paths = T.write_table(table, out_dir)
         failed = sum(1 for r in table.rows if r["status"].startswith("no solution"))
         unsure = sum(1 for r in table.rows if r["status"].startswith("uncertain"))
-        sys.stderr.write(f"\r{name}: {len(table.rows)} rows ({failed} without solution, "
-                         f"{unsure} uncertain) in "
-                         f"{table.header['seconds']:.1f} s -> {', '.join(paths)}\n")
-        built.append(table)
+        sys.stderr.write(f"{table.name}: {len(table.rows)} rows ({failed} without solution, "
+                         f"{unsure} uncertain), {table.header['seconds']:.1f} s of compute "
+                         f"-> {', '.join(paths)}\n")
     if set(names) == set(T.TABLE_NAMES):
         T.write_index(built, out_dir)
     sys.stderr.write(f"done in {time.perf_counter() - t0:.1f} s\n")

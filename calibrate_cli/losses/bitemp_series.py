@@ -165,9 +165,9 @@ class BiTempReduce:
         absd = np.abs(d)
         kappa = np.maximum(np.sqrt((d * d).mean(axis=1)) * ndtri(1.0 - EXPECTED_EXPLICIT / (2 * n)),
                            RHO_FREE * math.e * math.log(n))
-        explicit, h = _split(d, absd, kappa)
+        explicit, h, where = _split(d, absd, kappa)
         P = moments_needed(float(h.max()), n, self.t2_min, self.t1_min)
-        return BiTempDraws(mean, explicit, dmax, h, _moments(d, absd, h, P), n)
+        return BiTempDraws(mean, explicit, dmax, h, _moments(d, h, P, where), n)
 
     @staticmethod
     def concat(parts: list[BiTempDraws]) -> BiTempDraws:
@@ -185,8 +185,9 @@ class BiTempReduce:
 
 
 def _split(d, absd, kappa):
-    """Explicit d_j (|d_j| > κ, -inf padded; at most WIDTH_CAP, the largest |d|) and h = max_R |d|;
-    the explicit entries of ``absd`` are set to -1 (in place) to mark them."""
+    """Explicit d_j (|d_j| > κ, -inf padded; at most WIDTH_CAP, the largest |d|), h = max_R |d|,
+    and where the explicit entries sit (rows, columns); their entries of ``absd`` are set to -1
+    (in place)."""
     m = d.shape[0]
     mask = absd > kappa[:, None]
     counts = mask.sum(axis=1)
@@ -198,39 +199,51 @@ def _split(d, absd, kappa):
     counts = np.minimum(counts, WIDTH_CAP)
     width = int(counts.max()) if m else 0
     explicit = np.full((m, width), -np.inf)
+    rows = cols = np.empty(0, dtype=np.intp)
     if width:
         rows, cols = np.nonzero(mask)
         starts = np.cumsum(counts) - counts
         explicit[rows, np.arange(len(rows)) - np.repeat(starts, counts)] = d[rows, cols]
         absd[rows, cols] = -1.0
-    return explicit, np.maximum(absd.max(axis=1), 0.0)
+    return explicit, np.maximum(absd.max(axis=1), 0.0), (rows, cols)
 
 
-def _moments(d, absd, h, P):
-    """m[:, n] = Σ_R (d_j/h)^n for n < P (R: entries of ``absd`` not marked -1).
+def _moments(d, h, P, where):
+    """m[:, n] = Σ_R (d_j/h)^n for n < P (R: all but the explicit entries at ``where``).
 
-    Long rows are cut into slabs of SLAB columns (moments add up), and slabs are processed a
-    few at a time, so that the powers stay in cache."""
+    x = d/h with the explicit entries set to 0, so that they add nothing to the moments n ≥ 1
+    and exactly one each to n = 0, which is then the count of R. Long rows are cut into slabs
+    of SLAB columns (views; the moments add up), processed a few at a time, so that the powers
+    stay in cache."""
     m, n = d.shape
-    live = absd >= 0
-    x = np.where(live, d * (1.0 / np.where(h > 0, h, 1.0))[:, None], 0.0)
-    if n > SLAB:
-        pad = (-n) % SLAB
-        x = np.pad(x, ((0, 0), (0, pad))).reshape(-1, SLAB)
-        live = np.pad(live, ((0, 0), (0, pad))).reshape(-1, SLAB)
-    rows = max(1, SLAB_BLOCK // x.shape[1])
-    out = np.concatenate([_moments_rows(x[i:i + rows], live[i:i + rows], P)
-                          for i in range(0, x.shape[0], rows)])
-    return out.reshape(m, -1, P).sum(axis=1) if n > SLAB else out
+    x = d * (1.0 / np.where(h > 0, h, 1.0))[:, None]
+    rows, cols = where
+    x[rows, cols] = 0.0
+    out = np.zeros((m, P))
+    if n <= SLAB:
+        step = max(1, SLAB_BLOCK // n)
+        for i in range(0, m, step):
+            out[i:i + step] = _moments_rows(x[i:i + step], P)
+    else:
+        full = n - n % SLAB
+        slabs = x[:, :full].reshape(m, -1, SLAB)  # a view
+        step = max(1, SLAB_BLOCK // SLAB)
+        for i in range(m):
+            for j in range(0, slabs.shape[1], step):
+                out[i] += _moments_rows(slabs[i, j:j + step], P).sum(axis=0)
+            if full < n:
+                out[i] += _moments_rows(x[i:i + 1, full:], P)[0]
+    out[:, 0] = n - np.bincount(rows, minlength=m)  # the count of R, exactly
+    return out
 
 
-def _moments_rows(x, live, P):
+def _moments_rows(x, P):
     """Σ_j x^n per row (n < P): powers x^0…x^5 and x^0, x^6, x^12, … multiplied in one batched
     matmul, Σ_j x^{6g+b} = Σ_j (x^6)^g x^b."""
     m, n = x.shape
     groups = -(-P // _BASE)
     low = np.empty((m, _BASE, n))
-    low[:, 0] = live
+    low[:, 0] = 1.0
     low[:, 1] = x
     for b in range(2, _BASE):
         np.multiply(low[:, b - 1], x, out=low[:, b])

@@ -75,6 +75,10 @@ def _worker_init(cfg_dict: dict, threads: int, counter, parent: int | None = Non
     """Threads, and on a machine with several GPUs one GPU per worker, in turn; a watch on the
     parent process (see the module's docstring). The dataset is loaded by the first run."""
     if parent is not None:
+        # the watch interrupts this worker by SIGINT: a grid started in the background (nohup,
+        # `&`) passes SIGINT on ignored, and the orphan would train on instead of saving
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                          name="calibrate-parent-watch").start()
     import torch
