@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from calibrate_cli import api
-from calibrate_cli.cli.app import build_app
 from calibrate_cli.logits import from_array
-
-APP = build_app()
-
-
-def run(*args):
-    return CliRunner().invoke(APP, [str(a) for a in args])
+from helpers import fails, run
 
 
 def ok_json(*args):
     r = run(*args, "--json")
     assert r.exit_code == 0, r.stderr
     return json.loads(r.stdout)  # exactly one JSON object: json.loads rejects trailing data
-
-
-def fails(code, pattern, *args):
-    r = run(*args)
-    assert r.exit_code == code, (args, r.exit_code, r.stdout, r.stderr)
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert "Traceback" not in r.stderr + r.stdout
-    assert pattern.lower() in err.lower(), err
-    return err
 
 
 # ------------------------------------------------------------------ outputs

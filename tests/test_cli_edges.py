@@ -13,33 +13,15 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from calibrate_cli import api
-from calibrate_cli.cli.app import build_app
-
-APP = build_app()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args):
-    return CliRunner().invoke(APP, [str(a) for a in args])
+from helpers import REPO, fails, run
 
 
 def ok_json(*args):
     r = run(*args, "--json")
     assert r.exit_code == 0, (args, r.stderr)
     return json.loads(r.stdout)
-
-
-def fails(code, pattern, *args):
-    r = run(*args)
-    assert r.exit_code == code, (args, r.exit_code, r.stdout, r.stderr)
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert "Traceback" not in r.stderr + r.stdout
-    assert pattern.lower() in err.lower(), err
-    return err
 
 
 # ------------------------------------------------------- integers written as floats

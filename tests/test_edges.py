@@ -19,30 +19,15 @@ import textwrap
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from calibrate_cli import api
 from calibrate_cli.average import EXACT_TOL, Averager
-from calibrate_cli.cli.app import build_app
 from calibrate_cli.errors import UsageError
 from calibrate_cli.logits import MAX_STD, Gaussian, from_array
 from calibrate_cli.losses import get_loss, list_losses
+from helpers import fails, run
 
-APP = build_app()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args):
-    return CliRunner().invoke(APP, [str(a) for a in args])
-
-
-def fails(code, pattern, *args):
-    r = run(*args)
-    assert r.exit_code == code, (args, r.exit_code, r.stdout, r.stderr)
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert pattern.lower() in err.lower(), err
-    return err
 
 
 # ------------------------------------------------------------ references

@@ -15,40 +15,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from typer.testing import CliRunner  # noqa: E402
 
-from calibrate_cli.cli.app import build_app  # noqa: E402
 from calibrate_cli.train import batches as B  # noqa: E402
 from calibrate_cli.train import loop  # noqa: E402
 from calibrate_cli.train.config import resolve_config  # noqa: E402
 from calibrate_cli.train.data import load_dataset  # noqa: E402
 from calibrate_cli.train.models import create_model  # noqa: E402
+from helpers import REPO, TINY, load_json, ok, run  # noqa: E402
 
-APP = build_app()
 torch.set_num_threads(1)  # tiny models: threads only add spin-waiting on a busy CI machine
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--classes", "10", "--train-per-class", "12", "--test-per-class", "4",
-        "--model", "mlp64", "--batch-size", "32", "-q"]
 VOLATILE = ("samples_per_s", "time_s")
-
-
-def run(*args):
-    return CliRunner().invoke(APP, [str(a) for a in args])
-
-
-def ok(*args):
-    r = run(*args)
-    assert r.exit_code == 0, (r.stdout, r.stderr)
-    return r
 
 
 def stable(history):
     return [{k: v for k, v in row.items() if k not in VOLATILE} for row in history]
-
-
-def load_json(path):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 # ------------------------------------------------------------------ end to end

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,9 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from typer.testing import CliRunner  # noqa: E402
 
-from calibrate_cli.cli.app import build_app  # noqa: E402
 from calibrate_cli.errors import UsageError  # noqa: E402
 from calibrate_cli.train import loop  # noqa: E402
 from calibrate_cli.train.config import resolve_config  # noqa: E402
@@ -24,27 +21,12 @@ from calibrate_cli.train.data import load_dataset  # noqa: E402
 from calibrate_cli.train.models import create_model  # noqa: E402
 from calibrate_cli.train.sweep import parse_sweep  # noqa: E402
 from calibrate_cli.train.validate import grid_cells, parse_losses  # noqa: E402
+from helpers import load_json, ok, run  # noqa: E402
 
-APP = build_app()
 torch.set_num_threads(1)
 GRID = ["--classes", "10", "--train-per-class", "6", "--test-per-class", "3", "--model", "mlp32",
         "--epochs", "2", "--threads", "1", "-q"]
 VOLATILE = ("samples_per_s", "time_s")
-
-
-def run(*args):
-    return CliRunner().invoke(APP, [str(a) for a in args])
-
-
-def ok(*args):
-    r = run(*args)
-    assert r.exit_code == 0, (r.stdout, r.stderr)
-    return r
-
-
-def load_json(path):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def stable_runs(results):
