@@ -261,7 +261,6 @@ class Averager:
         if not (min(rep.err_a, rep.err_b) <= tol and (not slope or rep.err_slope <= tol)):
             return None, min(rep.err_a, rep.err_b) / max(rep.scale, 1e-300)
         g1, u, ru, abs_ru, v0 = rep.g1, rep.u, rep.ru, rep.abs_ru, rep.v0
-        log_u = rep.log_u
         # ψ(t) at every ln t = ln u - z, for all z at once. z on a grid whose step is a multiple of
         # V_STEP (the solver's scan): every ln t lies on one lattice, so ψ is computed once on it
         nu = len(u)

@@ -100,7 +100,6 @@ class Representation:
         self.ru = self.rho * self.u * V_STEP  # the trapezoidal weights ρ_i u_i Δv
         self.abs_ru = np.abs(self.ru)
         self.v0 = V_STEP * round(math.log(self.u[0]) / V_STEP)
-        self.log_u = self.v0 + V_STEP * np.arange(len(self.u))
 
 
 def check_representation(rep: Representation, H, offset: float, lo: float, hi: float) -> None:

@@ -42,7 +42,6 @@ import io
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
