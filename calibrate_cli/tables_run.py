@@ -1,6 +1,9 @@
-"""Running the rows of a table: Averagers shared across rows, groups, worker processes.
+"""Running the rows of the tables: Averagers shared across rows, groups, one pool of workers.
 
-* Exact rows are grouped per logit std (one Averager per std caches its Laplace kernels).
+* The row groups of all tables asked for go to one pool, the costliest first (:func:`run_tables`),
+  so that no worker waits at the end of one table for the next to begin.
+* Exact rows are grouped per logit std (one Averager per std caches its Laplace kernels) and
+  run from the largest K down (one representation per kernel then serves every K).
 * Monte Carlo rows of losses that reduce their draws (NCE, NFL, biTemp and their combinations)
   are grouped by K across all stds and losses: at each K one set of standard-normal draws is
   made and reduced for every std (:func:`share_draws`), then every row at that K is solved
@@ -200,13 +203,13 @@ def run_tables(tables, jobs, progress):
             work.append((name, kernel, [r for _, r in g]))
             where.append((t, [i for i, _ in g]))
     ranked = sorted(range(len(work)), key=lambda j: -_cost(work[j][0], work[j][2]))
-    out = [([None] * len(inputs), 0.0) for _, inputs, _ in tables]
+    out = [[None] * len(inputs) for _, inputs, _ in tables]
     seconds = [0.0] * len(tables)
 
     def collect(j, res):
         (rows, took), (t, order) = res, where[j]
         for i, r in zip(order, rows):
-            out[t][0][i] = r
+            out[t][i] = r
         seconds[t] += took
         if progress:
             progress(tables[t][0], len(rows))
@@ -220,12 +223,7 @@ def run_tables(tables, jobs, progress):
     else:
         for j in ranked:
             collect(j, run_group(work[j]))
-    return [(rows, seconds[t]) for t, (rows, _) in enumerate(out)]
-
-
-def run_rows(name, inputs, jobs, progress, kernel):
-    """All rows of one table in their order (:func:`run_tables` for one table)."""
-    return run_tables([(name, inputs, kernel)], jobs, progress)[0][0]
+    return list(zip(out, seconds))
 
 
 def _cost(name, rows):
