@@ -354,7 +354,10 @@ class Averager:
         missing = [z for z in dict.fromkeys(zs) if (name, z) not in self._mc_cache]
         if missing:
             zm = np.array(missing)
-            if slope:
+            if slope and term.loss.mc_slope is not None and self.reduce:  # exact per draw
+                vals = term.loss.mc_slope(zm[:, None], self._reduced(classes, reducer_of(term)),
+                                          classes, term.params)
+            elif slope:
                 h = 1e-4  # both sides in one evaluation (one Newton solve, one set-up)
                 both = self._per_sample(term, classes, np.concatenate([zm + h, zm - h]), False)
                 vals = (both[:len(zm)] - both[len(zm):]) / (2 * h)

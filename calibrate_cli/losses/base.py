@@ -20,7 +20,8 @@ for free (the ``scipy.stats.rv_continuous`` pattern):
   ``mc_delta``) so that Monte Carlo averages are cheap to re-evaluate. An ``mc_delta``
   with the attribute ``takes_dist = True`` is also given ``dist=`` (the logit
   distribution the draws come from, centred), for reductions that integrate part
-  of a draw exactly (RCE's softmax clamp).
+  of a draw exactly (RCE's softmax clamp). An ``mc_slope`` gives dδ_k/dz_k per draw from
+  the same statistics (else slopes are central differences of ``mc_delta``).
 * a weighted sum of losses (SCE, NCE+AGCE, ...) gives ``terms(params)``; its
   kernels, torch loss and averages are those of its terms, summed.
 """
@@ -124,6 +125,9 @@ class LossSpec:
     full: Callable[[np.ndarray, Params], np.ndarray] | None = None
     mc_reduce: Callable[[np.ndarray], np.ndarray] | None = None
     mc_delta: Callable[[np.ndarray, np.ndarray, int, Params], np.ndarray] | None = None
+    #: dδ_k/dz_k per draw from the same statistics (as ``mc_delta``); without it a slope is a
+    #: central difference of ``mc_delta``, whose rounding blurs a flat peak
+    mc_slope: Callable[[np.ndarray, np.ndarray, int, Params], np.ndarray] | None = None
     terms_of: Callable[[Params], Sequence[Term]] | None = None
     torch_name: str | None = None  # function in calibrate_cli.losses.torch_impl
     torch_factory: Callable[[Params], Callable] | None = None  # user losses

@@ -212,11 +212,26 @@ def _nce_mc(zk, stats, K, P):
     return _nce_from(zk, lse, zk + stats[:, 1], K)
 
 
+def _nce_mc_slope(zk, stats, K, P):
+    """dδ_k/dz_k of NCE per draw. With N = (p-1)B - A(Kp-1), δ = N/B², and dp/dz = p(1-p),
+    dA/dz = p - 1, dB/dz = Kp - 1: dN/dz = p(1-p)(B - AK), so
+    dδ/dz = [p(1-p)(B - AK) - 2N(Kp-1)/B] / B²."""
+    logp = -np.logaddexp(0.0, stats[:, 0] - zk)  # ln p without cancellation where p ≈ 1
+    lse = zk - logp
+    p = np.exp(logp)
+    q = -np.expm1(logp)  # 1 - p
+    A = -logp
+    B = K * lse - (zk + stats[:, 1])
+    N = -q * B - A * (K * p - 1.0)
+    return (p * q * (B - A * K) - 2.0 * N * (K * p - 1.0) / B) / (B * B)
+
+
 nce = register(LossSpec(
     name="nce", title="normalized cross entropy",
     formula="(-ln p) / (-Σ_j ln σ_j)",
     delta_formula="[(p-1)B - A(Kp-1)]/B², A = -ln p, B = -Σ_j ln σ_j",
-    full=_nce_full, mc_reduce=lse_and_sum, mc_delta=_nce_mc, torch_name="nce",
+    full=_nce_full, mc_reduce=lse_and_sum, mc_delta=_nce_mc, mc_slope=_nce_mc_slope,
+    torch_name="nce",
 ))
 
 
