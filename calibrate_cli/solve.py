@@ -237,9 +237,12 @@ def solve_epsilon(
                 - av.slope(loss, params, classes, zs - h).value[0]) / (2 * h)
         at_peak = av.slope(loss, params, classes, zs)
         err = abs(at_peak.error[0] / curv) if curv else math.inf
-        if at_peak.method != "exact":  # rounding of the central-difference slope moves its root
-            # twice the scatter: two root searches (another bracket, another release) sample
-            # the noise at different points, and their difference is what a user sees
+        central = at_peak.note or any(t.loss.sigma is None and t.loss.mc_slope is None
+                                      for t in loss.terms(params))
+        if at_peak.method != "exact" and central:  # a central-difference slope's rounding
+            # moves its root; twice the scatter: two root searches (another bracket, another
+            # release) sample the noise at different points, and their difference is what a
+            # user sees
             err += 2 * _slope_rounding(av, loss, params, classes, zs) / abs(curv) if curv else 0.0
         after = av.mean_delta(loss, params, classes, mu + eps)
         return EpsilonResult(eps, float(err + XTOL), criterion, classes, None, None,
@@ -278,13 +281,13 @@ def solve_epsilon(
 
 
 #: offsets (in z) at which the rounding noise of a Monte Carlo slope is sampled around its root
-ROUNDING_PROBE = 1e-7 * np.arange(-3.0, 4.0)
+ROUNDING_PROBE = 1e-7 * np.arange(-2.0, 3.0)
 
 
 def _slope_rounding(av, loss, params, classes: int, z: float) -> float:
     """The rounding noise of a Monte Carlo slope near z: the slope is a central difference of
     per-draw δ_k (step 1e-4), and where the peak is flat (NCE at K ≳ 10^4: curvature 10^{-12}
-    and below) its rounding, not the draws, can decide where the root falls. Sampled at seven
+    and below) its rounding, not the draws, can decide where the root falls. Sampled at five
     points 10^{-7} apart, where the slope itself is linear: the scatter about a fitted line."""
     zs = z + ROUNDING_PROBE
     vals = av.slope(loss, params, classes, zs).value
