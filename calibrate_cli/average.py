@@ -93,7 +93,6 @@ Z_LIMIT = 500.0  # |z - mean| beyond this: p or 1 - p underflows, δ_k is not re
 #: result says so (``Average.note``).
 EXACT_TOL = 1e-8
 RHO_CACHE = 256  # Laplace representations kept per Averager (least recently used dropped)
-PSI_CACHE = 64  # ψ on the u lattice, per z, kept per Averager (least recently used dropped)
 
 
 class NonFiniteAverage(UsageError):
@@ -167,7 +166,6 @@ class Averager:
         self._mc_cache: dict = {}
         self._stats_cache: dict = {}
         self._rho_cache: dict = {}
-        self._psi_cache: dict = {}
         self._cv_cache: dict = {}
 
     # ................................................................ public
@@ -275,7 +273,7 @@ class Averager:
                 psi = psi_l[rows]
                 ty_e = None if ty_l is None else ty_l[rows]
         if rows is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}], per z from the lattice cache
-            parts = [self._psi_on_lattice(float(zi), v0, nu, slope) for zi in z]
+            parts = [self._lt.psi_on_lattice(float(zi), v0, nu, slope) for zi in z]
             psi = np.stack([p for p, _ in parts])
             ty_e = np.stack([t for _, t in parts]) if slope else None
         with np.errstate(divide="ignore"):
@@ -296,24 +294,6 @@ class Averager:
         out = np.where(use_a, offset + phi_n @ ru, offset + g1 - one_minus @ ru)
         err = np.where(use_a, err_a, err_b)
         return out, err
-
-    def _psi_on_lattice(self, z: float, v0: float, nu: int, slope: bool):
-        """ψ (and E[tY e^{-tY}] if ``slope``) at ln t = v0 + V_STEP·i - z, i < nu. Every u grid
-        lies on the lattice of V_STEP, so these values depend on the kernel only through the
-        range of i: they are kept per (z, slope) over the widest range asked for, and serve
-        every kernel and every K evaluated at this z (a transfer's scan: all at z = μ)."""
-        j0 = int(round(v0 / V_STEP))
-        key = (z, slope)
-        hit = self._psi_cache.pop(key, None)
-        if hit is None or not (hit[0] <= j0 and j0 + nu <= hit[0] + len(hit[1])):
-            lo = j0 if hit is None else min(j0, hit[0])
-            hi = j0 + nu if hit is None else max(j0 + nu, hit[0] + len(hit[1]))
-            hit = (lo, *self._lt.psi(V_STEP * np.arange(lo, hi) - z, slope))
-        if len(self._psi_cache) >= PSI_CACHE:
-            del self._psi_cache[next(iter(self._psi_cache))]
-        self._psi_cache[key] = hit
-        a = j0 - hit[0]
-        return hit[1][a:a + nu], (hit[2][a:a + nu] if slope else None)
 
     def samples_at(self, classes: int) -> int:
         """Monte Carlo vectors drawn at K: ``samples``, or with a draw budget

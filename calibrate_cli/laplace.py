@@ -5,7 +5,7 @@ r"""The Laplace-space machinery of the exact path of :mod:`calibrate_cli.average
 * :class:`Representation` and :func:`check_representation`: ρ on that grid and the measured
   bound sup_x |H_rep(x) - H(x)| that makes the reported error honest (see average.py);
 * :class:`LaplaceTransform`: ψ(t) = E[1 - e^{-tY}] of the logit distribution (Y = e^{z - mean})
-  from its quadrature nodes, and the range that ln Σ Y_j takes.
+  from its quadrature nodes (kept per z on the lattice of u), and the range that ln Σ Y_j takes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ SERIES_T = 1e-3  # below t·max(Y) the Laplace transform of Y is summed as a ser
 LAPLACE_CHUNK = 1 << 19  # (t, atom) pairs per block of the dense Laplace sums (4 MiB each)
 CHECK_STEP = 0.5  # spacing in ln x of the check of the Laplace representation
 CHECK_CHUNK = 1 << 21  # (x, u) pairs per block of the check
+PSI_CACHE = 64  # ψ on the lattice of u kept per z (LaplaceTransform.psi_on_lattice)
 
 
 def _talbot_nodes(order: int):
@@ -169,6 +170,7 @@ class LaplaceTransform:
         self.x_lo, self.x_hi = float(x[0]), float(x[-1])
         self.log_m = logsumexp1(np.log(w) + x)  # ln E[Y]
         self._log_moments: list[float] | None = None
+        self._lattice: dict = {}  # psi_on_lattice's values per (z, slope)
 
     def psi(self, log_t: np.ndarray, slope: bool):
         """ψ(t) = E[1 - e^{-tY}] and (if ``slope``) E[tY e^{-tY}], Y = e^{z - mean}, at t = e^log_t.
@@ -231,6 +233,24 @@ class LaplaceTransform:
             if slope:
                 ty_e[r] = below + np.einsum("ij,ij->i", ty * np.exp(-ty), wp[idx])
         return psi, ty_e
+
+    def psi_on_lattice(self, z: float, v0: float, nu: int, slope: bool):
+        """:meth:`psi` at ln t = v0 + V_STEP·i - z, i < nu (v0 on the lattice of V_STEP, as every u
+        grid is). These values depend on a kernel only through the range of i, so they are kept
+        per (z, slope) over the widest range asked for (PSI_CACHE of them, least recently used
+        dropped) and serve every kernel and K evaluated at z: a transfer's scan, all at z = μ."""
+        j0 = int(round(v0 / V_STEP))
+        key = (z, slope)
+        hit = self._lattice.pop(key, None)
+        if hit is None or not (hit[0] <= j0 and j0 + nu <= hit[0] + len(hit[1])):
+            lo = j0 if hit is None else min(j0, hit[0])
+            hi = j0 + nu if hit is None else max(j0 + nu, hit[0] + len(hit[1]))
+            hit = (lo, *self.psi(V_STEP * np.arange(lo, hi) - z, slope))
+        if len(self._lattice) >= PSI_CACHE:
+            del self._lattice[next(iter(self._lattice))]
+        self._lattice[key] = hit
+        a = j0 - hit[0]
+        return hit[1][a:a + nu], (hit[2][a:a + nu] if slope else None)
 
     def log_sum_range(self, n: int, alpha: float = 1e-12) -> tuple[float, float]:
         """(lo, hi) with P(ln S < lo) <= alpha and P(ln S > hi) <= alpha, S the sum of n draws of Y.

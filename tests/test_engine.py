@@ -376,7 +376,7 @@ def test_psi_kept_per_z_on_the_u_lattice_is_psi():
     again = av.mean_delta(spec, {"q": 0.3}, 1000, 0.0)
     assert again.value[0] == pytest.approx(fresh.value[0], rel=1e-14, abs=1e-300)
     for slope in (False, True):
-        psi, ty = av._psi_on_lattice(0.0, -40 * V_STEP, 200, slope)
+        psi, ty = av._lt.psi_on_lattice(0.0, -40 * V_STEP, 200, slope)
         ref_psi, ref_ty = av._lt.psi(V_STEP * np.arange(-40, 160) - 0.0, slope)
         np.testing.assert_allclose(psi, ref_psi, rtol=1e-14, atol=0)
         if slope:
