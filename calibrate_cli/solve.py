@@ -285,10 +285,12 @@ ROUNDING_PROBE = 1e-7 * np.arange(-2.0, 3.0)
 
 
 def _slope_rounding(av, loss, params, classes: int, z: float) -> float:
-    """The rounding noise of a Monte Carlo slope near z: the slope is a central difference of
-    per-draw δ_k (step 1e-4), and where the peak is flat (NCE at K ≳ 10^4: curvature 10^{-12}
-    and below) its rounding, not the draws, can decide where the root falls. Sampled at five
-    points 10^{-7} apart, where the slope itself is linear: the scatter about a fitted line."""
+    """The rounding noise of a Monte Carlo slope near z, where the slope is a central difference
+    of per-draw δ_k (step 1e-4; NFL, biTemp, RCE's clamp, your own losses: a loss with
+    ``mc_slope``, such as NCE, has exact per-draw slopes): where a peak is flat (curvature
+    10^{-12} and below at large K) that rounding, not the draws, can decide where the root
+    falls. Sampled at five points 10^{-7} apart, where the slope itself is linear: the scatter
+    about a fitted line."""
     zs = z + ROUNDING_PROBE
     vals = av.slope(loss, params, classes, zs).value
     fit = np.polyval(np.polyfit(ROUNDING_PROBE, vals, 1), ROUNDING_PROBE)
