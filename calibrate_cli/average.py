@@ -259,20 +259,18 @@ class Averager:
         if not (min(rep.err_a, rep.err_b) <= tol and (not slope or rep.err_slope <= tol)):
             return None, min(rep.err_a, rep.err_b) / max(rep.scale, 1e-300)
         g1, u, ru, abs_ru, v0 = rep.g1, rep.u, rep.ru, rep.abs_ru, rep.v0
-        # ψ(t) at every ln t = ln u - z, for all z at once. z on a grid whose step is a multiple of
-        # V_STEP (the solver's scan): every ln t lies on one lattice, so ψ is computed once on it
+        # ψ(t) = E[1 - e^{-tY}] and E[tY e^{-tY}] at every ln t = ln u - z, from the lattice cache
+        # of ψ (kept per z, shared by every kernel and K). z on a grid whose step is a multiple
+        # of V_STEP (the solver's scan): every ln t lies on the lattice of its largest z, so all
+        # of them come from one stretch of it
         nu = len(u)
-        rows = None
-        if len(z) > 2:
-            shift = (z.max() - z) / V_STEP
-            if np.all(np.abs(shift - np.round(shift)) < 1e-9):
-                shift = np.round(shift).astype(int)
-                lt = v0 - z.max() + V_STEP * np.arange(nu + shift.max())
-                psi_l, ty_l = self._lt.psi(lt, slope)
-                rows = shift[:, None] + np.arange(nu)[None, :]
-                psi = psi_l[rows]
-                ty_e = None if ty_l is None else ty_l[rows]
-        if rows is None:  # ψ(t) = E[1 - e^{-tY}], E[tY e^{-tY}], per z from the lattice cache
+        shift = (z.max() - z) / V_STEP
+        if len(z) > 2 and np.all(np.abs(shift - np.round(shift)) < 1e-9):
+            shift = np.round(shift).astype(int)
+            psi_l, ty_l = self._lt.psi_on_lattice(float(z.max()), v0, nu + shift.max(), slope)
+            rows = shift[:, None] + np.arange(nu)[None, :]
+            psi, ty_e = psi_l[rows], (None if ty_l is None else ty_l[rows])
+        else:
             parts = [self._lt.psi_on_lattice(float(zi), v0, nu, slope) for zi in z]
             psi = np.stack([p for p, _ in parts])
             ty_e = np.stack([t for _, t in parts]) if slope else None
