@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from ..errors import UsageError
+from ..numbers import number_text
 
 #: Datasets ``load_dataset`` knows (kept in step with calibrate_cli/train/data.py).
 DATASETS = ("glyphs", "cifar10", "cifar100", "fashion-mnist", "imagefolder", "webvision",
@@ -337,7 +338,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"loss_params must be a mapping name: value, got {c.loss_params!r}")
     c.loss_params = {str(k): _as_float(f"set {k}", v) for k, v in c.loss_params.items()}
     bias = parse_logit_bias(c.logit_bias)
-    c.logit_bias = bias if bias == "auto" else f"{bias:g}"
+    c.logit_bias = bias if bias == "auto" else number_text(bias)
     c.bias_criterion = _choice("bias_criterion", c.bias_criterion, ("match", "peak"))
     c.bias_branch = _choice("bias_branch", c.bias_branch, ("below", "above"))
     if c.logit_bias != "auto" and (c.bias_criterion != "match" or c.bias_branch != "below"):

@@ -69,6 +69,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..errors import UsageError
+from ..numbers import number_text
 
 KINDS = ("none", "symmetric", "asymmetric", "asymmetric-literature", "cifar100-block",
          "cifar100-superclass", "pairflip", "matrix")
@@ -179,7 +180,7 @@ def canonical_spec(kind: str, arg: float | str) -> str:
         return "none"
     if kind == "matrix":
         return f"matrix:{arg}"
-    return f"{kind}:{float(arg):g}"
+    return f"{kind}:{number_text(float(arg))}"
 
 
 def _round_half_up(x: float) -> int:

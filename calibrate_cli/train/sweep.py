@@ -9,10 +9,11 @@ computes without training among them:
     ``above`` are solved per run from K and the measured logit std (``NAME*``,
     ``NAME*peak``, ``NAME*above``: criterion match with the root below the peak, the peak,
     match's root above the peak);
-``q=0.3,0.4,calibrated,calibrated:10,0.7``
+``q=0.3,0.4,calibrated,calibrated:10,calibrated:10:0.1,0.7``
     a loss parameter: numbers are fixed values (``NAME@q=V``); ``calibrated`` is the value
     transferred to the dataset's K from the parameter's current value at ``calibrate_from``
-    classes (default 100; ``NAME@calibrated:q:100``), ``calibrated:K`` from K classes.
+    classes (default 100; ``NAME@calibrated:q:100``), ``calibrated:K`` from K classes,
+    ``calibrated:K:V`` from the value V at K classes (``NAME@calibrated:q:K:V``).
 
 The runs are those of ``calibrate validate`` (``OUT/runs/<label>/<noise>/seed-<s>/``,
 completed runs skipped, interrupted ones resumed), so a sweep and a grid given the same
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import re
 from dataclasses import dataclass
 
 from ..atomic import write_atomic
 from ..errors import UsageError
+from ..numbers import number_text
 from .validate import LossVariant, SUMMARY_FIELDS, parse_losses, run_grid
 
 #: Computed points of an ε sweep: keyword -> the validate label suffix.
@@ -79,19 +82,21 @@ def parse_sweep(spec: str, losses: str, calibrate_from: int = 100) -> Sweep:
         key = item.lower()
         if quantity == "eps" and key in EPSILON_POINTS:
             labels.append((f"{loss}{EPSILON_POINTS[key]}", key, None))
-        elif quantity != "eps" and re.fullmatch(r"calibrated(:\d+)?", key):
-            k_from = int(key.partition(":")[2] or calibrate_from)
+        elif quantity != "eps" and re.fullmatch(r"calibrated(:\d+(:[^:]+)?)?", key):
+            _, k_text, v_text = (key.split(":") + ["", ""])[:3]
+            k_from = int(k_text or calibrate_from)
+            if v_text:  # calibrated:K:V, transferred from the value V at K classes
+                v = number_text(_sweep_number(quantity, v_text))
+                labels.append((f"{loss}@calibrated:{quantity}:{k_from}:{v}",
+                               f"calibrated:{k_from}:{v}", None))
+                continue
             short = quantity == "q" and k_from == 100  # validate's gce@calibrated
             labels.append((f"{loss}@calibrated" if short else
                            f"{loss}@calibrated:{quantity}:{k_from}", key, None))
         else:
-            try:
-                value = float(item)
-            except ValueError:
-                known = ", ".join(EPSILON_POINTS) if quantity == "eps" else "calibrated[:K]"
-                raise UsageError(f"--sweep {quantity}: '{item}' is neither a number nor one of "
-                                 f"{known}") from None
-            labels.append((f"{loss}@{quantity}={value:g}", None, value))
+            value = _sweep_number(quantity, item)
+            # one canonical text for the value: the label, the folder, the run and the report
+            labels.append((f"{loss}@{quantity}={number_text(value)}", None, value))
     if not any(c is None for _, c, _ in labels):
         raise UsageError("--sweep: give at least one fixed value to sweep over")
     seen = set()
@@ -103,6 +108,19 @@ def parse_sweep(spec: str, losses: str, calibrate_from: int = 100) -> Sweep:
         seen.add(label)
         points.append(SweepPoint(variant, computed, value))
     return Sweep(loss, quantity, tuple(points))
+
+
+def _sweep_number(quantity: str, item: str) -> float:
+    try:
+        value = float(item)
+    except ValueError:
+        known = ", ".join(EPSILON_POINTS) if quantity == "eps" else \
+            "calibrated, calibrated:K, calibrated:K:V"
+        raise UsageError(f"--sweep {quantity}: '{item}' is neither a number nor one of "
+                         f"{known}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"--sweep {quantity}: '{item}' is not a finite number")
+    return value
 
 
 def run_sweep(sweep: Sweep, base: dict, noises: list[str], seeds: list[int], out: str, *,
@@ -117,14 +135,33 @@ def run_sweep(sweep: Sweep, base: dict, noises: list[str], seeds: list[int], out
     grid = run_grid(base, variants, noises, seeds, out, progress=progress, command=command,
                     log=log, jobs=jobs, record=None, train=train)
     results = sweep_results(sweep, grid)
-    results.update(version=__version__, command=command, base=base)
-    write_json(os.path.join(out, f"{sweep.name}.json"), results)
+    path = os.path.join(out, f"{sweep.name}.json")
+    results.update(version=__version__, command=command, base=base,
+                   invocations=_invocations(path, command, grid))
+    write_json(path, results)
     write_atomic(os.path.join(out, f"{sweep.name}.csv"), sweep_csv(results))
     write_atomic(os.path.join(out, f"{sweep.name}.md"), sweep_markdown(results))
     from ..plots import save_figure
 
     save_figure(figure_sweep(results), os.path.join(out, f"{sweep.name}.png"))
     return results
+
+
+def _invocations(path: str, command: str | None, grid: dict) -> list[dict]:
+    """The commands that made this sweep's file so far, and this one."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        history = [e for e in old.get("invocations", []) if isinstance(e, dict)]
+        if not history and old.get("command"):
+            history = [{"command": old["command"], "version": old.get("version"),
+                        "note": "recorded before invocations were kept"}]
+    except (OSError, ValueError, AttributeError):
+        history = []
+    complete = sum(r["status"] == "complete" for r in grid["runs"])
+    return history + [{"command": command, "complete_runs": complete}]
 
 
 def _value_of(run: dict, quantity: str) -> float | None:

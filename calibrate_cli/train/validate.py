@@ -15,14 +15,18 @@ Labels in ``--losses`` (comma separated):
     the loss with its q recalibrated from K = 100 at its current value (GCE:
     q = 0.7, the CIFAR-100 value) to the dataset's K (``--calibrate q
     --calibrate-from 100``); ``NAME@calibrated:P:K`` names another parameter P and
-    reference class count K;
+    reference class count K; ``NAME@calibrated:P:K:V`` transfers P from the value V
+    at K classes (e.g. the best q of a sweep at K = 10: ``gce@calibrated:q:10:0.1``);
 ``NAME@P=V``
     the loss with parameter P set to V (e.g. ``gce@q=0.5``).
 
 Noise levels (``--noise``, comma separated): a bare rate R means ``symmetric:R``;
 any spec of ``calibrate train --noise`` is accepted.
 
-Every run is a ``calibrate train`` run in ``OUT/runs/<label>/<noise>/seed-<s>/``.
+Every run is a ``calibrate train`` run in ``OUT/runs/<label>/<noise>/seed-<s>/``. Two
+labels that train the same thing (``mae`` and ``mae@eps=0``; ``gce`` and ``gce@q=0.7``
+under ``--preset cifar100``) share one run: the folder of the first one trained, in this
+grid or an earlier one with the same ``--out`` (``alias_of`` in ``results.json``).
 A run whose ``metrics.json`` says ``complete`` with the planned epochs is
 skipped; a run with a checkpoint is resumed. The dataset is loaded once (per
 process). Runs go seed by seed (all of seed 0 first), so an interrupted grid
@@ -55,7 +59,9 @@ from .._version import __version__
 from ..atomic import check_folder, clean_temporaries, make_folder, write_atomic
 from ..errors import UsageError
 from ..lock import lock_folder
+from ..numbers import number_text
 from .config import TrainConfig, changed_result_fields, resolve_config, slugify
+from .provenance import record_invocation, run_key, share_runs
 
 RESULTS_VERSION = 1
 #: The largest grid ``validate`` accepts (losses × noise levels × seeds).
@@ -100,33 +106,46 @@ def parse_losses(text: str) -> list[LossVariant]:
             if star:
                 raise UsageError(f"--losses {raw}: give either * (ε solved) or @eps=V (ε fixed)")
             value = rest.partition("=")[2]
-            try:
-                kw["logit_bias"] = f"{float(value):g}"
-            except ValueError:
-                raise UsageError(f"--losses {raw}: '{value}' is not a number") from None
+            kw["logit_bias"] = number_text(_number(raw, value))
             rest = None
         if rest is not None:
-            m = re.fullmatch(r"calibrated(?::([A-Za-z_]\w*):(\d+))?", rest)
+            m = re.fullmatch(r"calibrated(?::([A-Za-z_]\w*):(\d+)(?::([^:]+))?)?", rest)
             a = re.fullmatch(r"([A-Za-z_]\w*)=(.+)", rest)
             if m:
                 param = m.group(1) or "q"
                 spec.param(param)
                 kw["calibrate"], kw["calibrate_from"] = param, int(m.group(2) or 100)
+                if kw["calibrate_from"] < 2:
+                    raise UsageError(f"--losses {raw}: the reference K must be >= 2")
+                if m.group(3) is not None:
+                    kw["params"] = ((param, _number(raw, m.group(3))),)
             elif a:
                 spec.param(a.group(1))
-                try:
-                    kw["params"] = ((a.group(1), float(a.group(2))),)
-                except ValueError:
-                    raise UsageError(f"--losses {raw}: '{a.group(2)}' is not a number") from None
+                kw["params"] = ((a.group(1), _number(raw, a.group(2))),)
             else:
                 raise UsageError(f"--losses {raw}: after '@' expected 'calibrated', "
-                                 "'calibrated:PARAM:K', 'eps=VALUE' or 'PARAM=VALUE'")
+                                 "'calibrated:PARAM:K', 'calibrated:PARAM:K:VALUE', 'eps=VALUE' "
+                                 "or 'PARAM=VALUE'")
+            if kw.get("params"):
+                from ..losses import check_params
+
+                check_params(spec, {**spec.defaults(), **dict(kw["params"])})
         if any(v.label == label for v in out):
             raise UsageError(f"--losses: '{label}' is listed twice")
         out.append(LossVariant(label=label, loss=spec.name, **kw))
     if not out:
         raise UsageError("--losses: give at least one loss (e.g. ce,mae,mae*)")
     return out
+
+
+def _number(raw: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--losses {raw}: '{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise UsageError(f"--losses {raw}: '{text}' is not a finite number")
+    return value
 
 
 def parse_noise_list(text: str) -> list[str]:
@@ -227,7 +246,8 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
         raise UsageError(f"the grid has {runs} runs ({len(variants)} losses × {len(noises)} noise "
                          f"levels × {len(seeds)} seeds), more than {MAX_RUNS}: split it")
     cells = grid_cells(variants, noises, seeds)
-    configs = [run_config(base, v, n, s, run_dir(out, v, n, s)) for v, n, s in cells]
+    configs = share_runs(out, [run_config(base, v, n, s, run_dir(out, v, n, s))
+                               for v, n, s in cells])
     first = configs[0]
     check_folder(out, "--out")
     if not train:
@@ -288,16 +308,29 @@ def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, pr
     from .records import write_json
 
     grid = _grid_record(configs, variants, noises, seeds)
-    if record:
-        write_json(os.path.join(out, record), {"version": __version__, "command": command,
-                                               "grid": grid, "base": base})
-    todo = []
+    todo, planned = [], set()
     for i, ((v, n, s), cfg) in enumerate(zip(cells, configs), 1):
         tag = f"[{i}/{len(cells)}] {v.label}, noise {n}, seed {s}"
+        own = run_dir(out, v, n, s)
+        shared = "" if os.path.normpath(cfg.out) == os.path.normpath(own) else \
+            f" (the run of {os.path.relpath(cfg.out, out)})"
         if _complete(cfg):
-            log(f"{tag}: complete, skipped")
+            log(f"{tag}: complete{shared}, skipped")
+        elif cfg.out in planned:
+            log(f"{tag}: trained once, as {os.path.relpath(cfg.out, out)}")
         else:
+            planned.add(cfg.out)
             todo.append((tag, cfg))
+    import datetime
+
+    entry = {"command": command, "version": __version__,
+             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "kind": "grid" if record else "sweep",
+             "trains": [os.path.relpath(cfg.out, out) for _, cfg in todo]}
+    fields = {"version": __version__, "command": command, "grid": grid, "base": base} \
+        if record else {}
+    if todo or record:
+        record_invocation(os.path.join(out, "grid.json"), entry, **fields)
     if todo:
         from .parallel import train_runs
 
@@ -321,7 +354,7 @@ def _complete(cfg: TrainConfig) -> bool:
     except (OSError, ValueError, AttributeError):
         old = {}
     changed = changed_result_fields(old, cfg)
-    if changed:
+    if changed and run_key(old) != run_key(cfg.to_dict()):
         raise UsageError(f"'{cfg.out}' holds a run made with other settings ({', '.join(changed)}); "
                          "give the grid another --out or remove that folder")
     return m.get("status") == "complete" and m.get("epochs_done") == cfg.epochs
@@ -336,6 +369,8 @@ def collect_results(out, cells, configs, grid, command) -> dict:
         top1 = [r["test_top1"] for r in hist]
         runs.append({
             "id": f"{slugify(v.label)}/{noise_slug(n)}/seed-{s}", "label": v.label,
+            "alias_of": None if os.path.normpath(cfg.out) == os.path.normpath(
+                run_dir(out, v, n, s)) else os.path.relpath(cfg.out, out),
             "loss": v.loss, "params": derived.get("params", {}),
             "logit_bias": derived.get("epsilon", 0.0), "logit_std": derived.get("logit_std"),
             "noise": n, "noise_rate": (m.get("noise") or {}).get("rate"), "seed": s,

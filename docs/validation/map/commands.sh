@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The validity map's runs: every command that trained the committed runs of docs/validation/map,
+# in the order they ran. Each is resumable (completed runs are skipped), so the file can be run
+# again as a whole; `calibrate validate --emit-commands` lists a grid's missing runs instead, one
+# `calibrate train` line each, for a cluster.
+# Protocol: embedded glyphs, 50 training / 10 test images per class, MLP1024, batch 256,
+# 20 epochs, cosine schedule, 40 % symmetric noise (and 40 % pairflip for MAE's ε at K = 100),
+# literature presets (--preset cifar100). Optimizers:
+#   SGD:   lr 0.1, momentum 0.9, weight decay 0 (the robust-loss literature's SGD recipe, at the
+#          glyph protocol's weight decay)
+#   AdamW: lr 1e-3, betas (0.9, 0.999), weight decay 0 (Adam's usual learning rate; weight
+#          decay 0 so that the two optimizers differ in the update rule alone)
+set -euo pipefail
+C="--train-per-class 50 --test-per-class 10 --epochs 20 --preset cifar100 --threads 1 --jobs 2 -q"
+SGD="--optimizer sgd --lr 0.1"
+ADAMW="--optimizer adamw --lr 1e-3 --weight-decay 0"
+GCE_Q="q=0.02,0.05,0.075,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,0.9"
+
+# (1) GCE's q at the reference K = 10 (where its empirical best is taken)
+calibrate validate $C $SGD --classes 10 --noise 0.4 --seeds 0,1,2 --losses gce --sweep $GCE_Q --out runs/map/sgd-k10
+calibrate validate $C $ADAMW --classes 10 --noise 0.4 --seeds 0,1,2 --losses gce --sweep $GCE_Q --out runs/map/adamw-k10
+# (2) K = 100: CE, MAE's ε, GCE's q
+for OPT in sgd adamw; do
+  O=$SGD; [ $OPT = adamw ] && O=$ADAMW
+  calibrate validate $C $O --classes 100 --noise 0.4,pairflip:0.4 --seeds 0,1,2 --losses ce --out runs/map/$OPT-k100
+  calibrate validate $C $O --classes 100 --noise 0.4,pairflip:0.4 --seeds 0,1,2 --losses mae --sweep eps=0,1,1.5,2,2.2,match,2.6,3,3.6,4.5,peak --out runs/map/$OPT-k100
+  calibrate validate $C $O --classes 100 --noise 0.4 --seeds 0,1,2 --losses gce --sweep $GCE_Q --out runs/map/$OPT-k100
+done
+# (3) K = 1000, AdamW: CE and MAE's ε
+calibrate validate $C $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/adamw-k1000
+calibrate validate $C $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=0,2,3,3.5,4,4.25,match,5,5.5,6,peak,8 --out runs/map/adamw-k1000
+# (4) K = 1000, SGD: MAE's ε densified around the computed 4.71 (the other points: docs/validation/k1000)
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses mae --sweep eps=3.5,4.25,5 --out runs/map/sgd-k1000
+# (5) K = 1000: GCE's q (SGD: the points docs/validation/k1000 lacks)
+calibrate validate $C $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7 --out runs/map/adamw-k1000
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.15,0.25 --out runs/map/sgd-k1000
