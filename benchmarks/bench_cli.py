@@ -98,9 +98,9 @@ def main() -> None:
           f"alpha = {d['value']:.4f} ± {d['error']:.1e} in {dt:.2f} s  (target < 5 s, ± 1e-3)")
 
     sys.path.insert(0, ".")
-    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.engine.logits import Gaussian
     from calibrate_cli.losses import get_loss
-    from calibrate_cli.solve import solve_epsilon
+    from calibrate_cli.engine.solve import solve_epsilon
 
     print("in-process solve of ε (mae, match), ms:")
     for K in (10, 100, 1000, 10**4, 10**5, 10**6, 10**7):

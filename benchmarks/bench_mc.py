@@ -76,10 +76,10 @@ def cold(args: list[str], repeats: int) -> tuple[float, float, dict]:
 def solve(loss: str, K: int, criterion: str, samples: int, reduce: bool,
           preset: str | None = None):
     sys.path.insert(0, ROOT)
-    from calibrate_cli.average import Averager
-    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.engine.average import Averager
+    from calibrate_cli.engine.logits import Gaussian
     from calibrate_cli.losses import get_loss, resolve_params
-    from calibrate_cli.solve import solve_epsilon
+    from calibrate_cli.engine.solve import solve_epsilon
 
     spec = get_loss(loss)
     dist = Gaussian(0.0, 0.5)

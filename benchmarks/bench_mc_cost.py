@@ -1,4 +1,4 @@
-"""How good the up-front estimate of Monte Carlo work is (``calibrate_cli.cost``).
+"""How good the up-front estimate of Monte Carlo work is (``calibrate_cli.engine.cost``).
 
 For a few requests whose losses are averaged over whole logit vectors (NF-MAE, biTemp), each
 of about half a minute, prints the estimate the command line would show (seconds, whole-vector
@@ -21,10 +21,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from calibrate_cli import cost  # noqa: E402
-from calibrate_cli.average import Averager  # noqa: E402
-from calibrate_cli.logits import Gaussian  # noqa: E402
+from calibrate_cli.engine.average import Averager  # noqa: E402
+from calibrate_cli.engine.logits import Gaussian  # noqa: E402
 from calibrate_cli.losses import get_loss, resolve_params  # noqa: E402
-from calibrate_cli.solve import solve_epsilon, solve_transfer  # noqa: E402
+from calibrate_cli.engine.solve import solve_epsilon, solve_transfer  # noqa: E402
 
 CASES = [
     ("epsilon --loss nf-mae -k 1000 --samples 1024", "epsilon", "nf-mae", 1000, 1024, None),

@@ -19,7 +19,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from calibrate_cli import tables as T  # noqa: E402
+from calibrate_cli.tables import build as T  # noqa: E402
 
 INPUTS = ("loss", "params", "criterion", "reference_classes", "param", "value_from",
           "classes_from", "classes", "logit_std", "samples", "seed")

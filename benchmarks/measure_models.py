@@ -23,11 +23,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from calibrate_cli.average import Averager  # noqa: E402
-from calibrate_cli.logits import Gaussian  # noqa: E402
+from calibrate_cli.engine.average import Averager  # noqa: E402
+from calibrate_cli.engine.logits import Gaussian  # noqa: E402
 from calibrate_cli.losses import get_loss, resolve_params  # noqa: E402
 from calibrate_cli.measure import measure_logits  # noqa: E402
-from calibrate_cli.solve import solve_epsilon, solve_q  # noqa: E402
+from calibrate_cli.engine.solve import solve_epsilon, solve_q  # noqa: E402
 
 CASES = [("mlp1024", (1, 28, 28)), ("mlp1024", (3, 32, 32)), ("cnn8", (3, 32, 32)),
          ("resnet18", (3, 32, 32)), ("resnet34", (3, 32, 32)), ("resnet50", (3, 32, 32))]

@@ -15,10 +15,10 @@ from ._version import __version__
 
 _EXPORTS = {
     "epsilon": "api", "q": "api", "transfer": "api", "mean_delta": "api",
-    "Averager": "average", "Average": "average",
-    "Gaussian": "logits", "Empirical": "logits", "from_array": "logits", "load_logits": "logits",
-    "solve_epsilon": "solve", "solve_transfer": "solve", "solve_q": "solve",
-    "EpsilonResult": "solve", "TransferResult": "solve",
+    "Averager": "engine.average", "Average": "engine.average",
+    "Gaussian": "engine.logits", "Empirical": "engine.logits", "from_array": "engine.logits", "load_logits": "engine.logits",
+    "solve_epsilon": "engine.solve", "solve_transfer": "engine.solve", "solve_q": "engine.solve",
+    "EpsilonResult": "engine.solve", "TransferResult": "engine.solve",
     "get_loss": "losses", "list_losses": "losses", "resolve_params": "losses",
     "CalibrateError": "errors", "UsageError": "errors", "NoSolutionError": "errors",
 }

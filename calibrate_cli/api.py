@@ -8,8 +8,8 @@ initialisation the other K − 1 logits are i.i.d. draws from a distribution p_z
     <δ_k>(z) = E_{z_j ~ p_z, j≠k}[ δ_k(z_k = z, z_{j≠k}) ].
 
 With a logit bias ε added to the correct-class logit during training, the network
-sees <δ_k>(z + ε). Every function returns the dataclass of :mod:`calibrate_cli.solve`
-(or :class:`calibrate_cli.average.Average`) with the value, its numerical error
+sees <δ_k>(z + ε). Every function returns the dataclass of :mod:`calibrate_cli.engine.solve`
+(or :class:`calibrate_cli.engine.average.Average`) with the value, its numerical error
 estimate and the quantities it was derived from. ``method`` says how <δ_k> was averaged
 ("exact", "monte-carlo" or both); a loss whose δ_k depends on σ_k alone is exact unless its
 quadrature cannot reach its accuracy for the given parameters (then ``note`` says why and
@@ -29,11 +29,11 @@ from typing import Mapping
 
 import numpy as np
 
-from .average import DRAW_BUDGET, Average, Averager, default_samples
+from .engine.average import DRAW_BUDGET, Average, Averager, default_samples
 from .errors import UsageError
-from .logits import DEFAULT_LOGIT_STD, Gaussian, LogitDistribution
+from .engine.logits import DEFAULT_LOGIT_STD, Gaussian, LogitDistribution
 from .losses import get_loss, resolve_params
-from .solve import EpsilonResult, TransferResult, solve_epsilon, solve_transfer
+from .engine.solve import EpsilonResult, TransferResult, solve_epsilon, solve_transfer
 
 
 def _setup(loss, preset, params, dist, logit_std, samples, seed):

@@ -24,7 +24,7 @@ sees at initialisation (no gradient is taken, the model is thrown away).
 Statistics (``Measurement.stats``)
 ----------------------------------
 The engine works with per-row centred logits (softmax ignores a common shift
-of a row, see ``calibrate_cli.logits.from_array``), so the distribution
+of a row, see ``calibrate_cli.engine.logits.from_array``), so the distribution
 statistics are those of c_{nk} = z_{nk} - \bar z_n:
 
 * ``mean``: mean of the raw logits (where the frame sits; irrelevant to ε).
@@ -62,9 +62,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._version import __version__
-from .atomic import write_atomic
+from .utils.atomic import write_atomic
 from .errors import UsageError
-from .logits import centre_rows
+from .engine.logits import centre_rows
 
 #: Input shapes (C, H, W) of the datasets when no files are read (Gaussian inputs).
 DATASET_SHAPES = {
@@ -92,8 +92,8 @@ class Measurement:
     meta: dict = field(default_factory=dict)
 
     def distribution(self, *, atoms: int | None = None):
-        """The engine's :class:`~calibrate_cli.logits.Empirical` of these logits."""
-        from .logits import DEFAULT_ATOMS, from_array
+        """The engine's :class:`~calibrate_cli.engine.logits.Empirical` of these logits."""
+        from .engine.logits import DEFAULT_ATOMS, from_array
 
         return from_array(self.logits, source=self.meta.get("source", "measured logits"),
                           atoms=DEFAULT_ATOMS if atoms is None else atoms)
@@ -240,7 +240,7 @@ def check_output(path: str, option: str = "--out") -> str:
     folder itself. The probe file is removed at once."""
     import tempfile
 
-    from .atomic import TMP_PREFIX, _storage_error
+    from .utils.atomic import TMP_PREFIX, _storage_error
 
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npz", ".npy"):
@@ -374,7 +374,7 @@ def measure_logits(model: str, classes: int, *, dataset: str | None = None,
     ``threads`` threads (default: the free physical cores, as ``calibrate train``), and the
     caller's setting is restored.
     """
-    from .average import check_classes
+    from .engine.average import check_classes
 
     classes = check_classes(classes)
     if not isinstance(batches, int) or batches < 1:

@@ -60,7 +60,7 @@ def check_output(path: str) -> str:
 
 def save_figure(fig, path: str, *, dpi: int = DPI) -> None:
     """Render ``fig`` in the format of ``path``'s extension and write it atomically."""
-    from .atomic import write_atomic
+    from .utils.atomic import write_atomic
 
     fmt = check_output(path)
     buf = io.BytesIO()
@@ -72,7 +72,7 @@ def save_figure(fig, path: str, *, dpi: int = DPI) -> None:
 
 
 def _default_dist(dist):
-    from .logits import Gaussian
+    from .engine.logits import Gaussian
 
     return Gaussian() if dist is None else dist
 
@@ -106,7 +106,7 @@ def _desc(dist) -> str:
 # ---------------------------------------------------------------- figure 1
 def figure_delta_mae(dist=None, classes=(10, 100)):
     """<δ_k>(z) of MAE for each K in ``classes`` over the histogram of initial logits."""
-    from .average import Averager
+    from .engine.average import Averager
     from .losses import get_loss, resolve_params
 
     plt = _plt()
@@ -131,9 +131,9 @@ def figure_delta_mae(dist=None, classes=(10, 100)):
 # ---------------------------------------------------------------- figure 2
 def figure_losses(dist=None, losses=LOSSES, classes=(10, 1000)):
     """Normalised <δ_k>(z) of σ_k-only losses at each K; histogram shifted by MAE's ε."""
-    from .average import Averager
+    from .engine.average import Averager
     from .losses import get_loss, resolve_params
-    from .solve import solve_epsilon
+    from .engine.solve import solve_epsilon
 
     plt = _plt()
     dist = _default_dist(dist)
@@ -169,10 +169,10 @@ def figure_losses(dist=None, losses=LOSSES, classes=(10, 1000)):
 # ---------------------------------------------------------------- figure 3
 def figure_q_calibration(dist=None, k_from=100, k_to=1000, q_from=0.7, sweep=None):
     """GCE's <δ_k>(z) before and after transferring q; q against K on the right."""
-    from .average import Averager
+    from .engine.average import Averager
     from .errors import NoSolutionError
     from .losses import get_loss
-    from .solve import solve_q
+    from .engine.solve import solve_q
 
     plt = _plt()
     dist = _default_dist(dist)
@@ -213,10 +213,10 @@ def figure_q_calibration(dist=None, k_from=100, k_to=1000, q_from=0.7, sweep=Non
 # ---------------------------------------------------------------- figure 4
 def figure_epsilon_vs_k(dist=None, loss="mae", classes=None, reference_classes=10):
     """ε(K) for the match and peak criteria and their mean-field approximations."""
-    from .average import Averager
+    from .engine.average import Averager
     from .errors import NoSolutionError
     from .losses import get_loss, resolve_params
-    from .solve import solve_epsilon
+    from .engine.solve import solve_epsilon
 
     plt = _plt()
     dist = _default_dist(dist)

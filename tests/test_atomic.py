@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from calibrate_cli.atomic import write_atomic
+from calibrate_cli.utils.atomic import write_atomic
 from calibrate_cli.errors import UsageError
 
 

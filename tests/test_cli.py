@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from calibrate_cli import api
-from calibrate_cli.logits import from_array
+from calibrate_cli.engine.logits import from_array
 from helpers import fails, run
 
 
@@ -220,7 +220,7 @@ def test_monte_carlo_too_large_names_the_samples_that_fit():
 
 
 def test_default_samples_follow_the_cost_of_the_loss():
-    from calibrate_cli.average import DEFAULT_SAMPLES
+    from calibrate_cli.engine.average import DEFAULT_SAMPLES
 
     reduced = ok_json("epsilon", "--classes", "20", "--loss", "nf-mae")
     cheap = ok_json("epsilon", "--classes", "20", "--loss", "nce-mae")

@@ -302,7 +302,7 @@ def test_measure_and_from_model_show_progress(monkeypatch):
     pytest.importorskip("torch")
     import contextlib
 
-    import calibrate_cli.progress as progress
+    import calibrate_cli.utils.progress as progress
 
     steps = []
 
@@ -349,10 +349,10 @@ def _count_draws(av):
 def test_monte_carlo_cost_counts_the_draws_the_solver_makes(monkeypatch, what):
     """The estimate counts the logits the engine will draw (timing aside): it must agree
     with what the engine's hook counts while solving, within a factor 1.5."""
-    import calibrate_cli.cost as cost
-    from calibrate_cli.average import Averager
-    from calibrate_cli.logits import Gaussian
-    from calibrate_cli.solve import solve_epsilon, solve_transfer
+    import calibrate_cli.engine.cost as cost
+    from calibrate_cli.engine.average import Averager
+    from calibrate_cli.engine.logits import Gaussian
+    from calibrate_cli.engine.solve import solve_epsilon, solve_transfer
 
     monkeypatch.setattr(cost, "SMALL", 0)
     spec = _whole_vector_loss()
@@ -380,9 +380,9 @@ def test_monte_carlo_cost_counts_the_draws_the_solver_makes(monkeypatch, what):
 
 
 def test_monte_carlo_cost_is_none_for_exact_and_small_work():
-    import calibrate_cli.cost as cost
-    from calibrate_cli.average import Averager
-    from calibrate_cli.logits import Gaussian
+    import calibrate_cli.engine.cost as cost
+    from calibrate_cli.engine.average import Averager
+    from calibrate_cli.engine.logits import Gaussian
     from calibrate_cli.losses import get_loss, resolve_params
 
     av = Averager(Gaussian(0.0, 0.5), samples=1024)
@@ -397,7 +397,7 @@ def slow_machine(monkeypatch):
     """A whole-vector loss on a machine where a logit costs 1 µs, and a solver that stops at
     once (the test is about what is said before the work)."""
     import calibrate_cli.cli.common as common
-    import calibrate_cli.cost as cost
+    import calibrate_cli.engine.cost as cost
     from calibrate_cli.errors import NoSolutionError
 
     spec = _whole_vector_loss()
@@ -438,7 +438,7 @@ def test_long_monte_carlo_work_is_announced_on_stderr(slow_machine, args, second
 def test_long_monte_carlo_work_shows_its_estimate_on_a_terminal(slow_machine, monkeypatch):
     import contextlib
 
-    import calibrate_cli.progress as progress
+    import calibrate_cli.utils.progress as progress
 
     shown = []
 
@@ -459,7 +459,7 @@ def test_long_monte_carlo_work_shows_its_estimate_on_a_terminal(slow_machine, mo
 def test_progress_line_shows_estimate_and_part_done():
     import time
 
-    from calibrate_cli.progress import slow_step
+    from calibrate_cli.utils.progress import slow_step
 
     class Tty:
         def __init__(self):

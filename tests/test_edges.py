@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from calibrate_cli import api
-from calibrate_cli.average import EXACT_TOL, Averager
+from calibrate_cli.engine.average import EXACT_TOL, Averager
 from calibrate_cli.errors import UsageError
-from calibrate_cli.logits import MAX_STD, Gaussian, from_array
+from calibrate_cli.engine.logits import MAX_STD, Gaussian, from_array
 from calibrate_cli.losses import get_loss, list_losses
 from helpers import fails, run
 
@@ -340,8 +340,8 @@ def test_sys_exit_in_a_user_loss_does_not_end_calibrate_silently(user_module, fn
 MEMORY_PROBE = textwrap.dedent("""
     import sys, tracemalloc
     import numpy as np
-    from calibrate_cli.average import Averager
-    from calibrate_cli.logits import from_array
+    from calibrate_cli.engine.average import Averager
+    from calibrate_cli.engine.logits import from_array
     from calibrate_cli.losses import get_loss
     n = int(sys.argv[1])
     logits = np.random.default_rng(0).normal(0, 0.6, size=(n // 100, 100)).astype(np.float32)

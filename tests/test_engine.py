@@ -17,11 +17,11 @@ import pytest
 from scipy import integrate, optimize
 
 from calibrate_cli import api
-from calibrate_cli.average import Averager
+from calibrate_cli.engine.average import Averager
 from calibrate_cli.errors import NoSolutionError, UsageError
-from calibrate_cli.logits import Gaussian, from_array
+from calibrate_cli.engine.logits import Gaussian, from_array
 from calibrate_cli.losses import get_loss, list_losses, resolve_params
-from calibrate_cli.solve import solve_epsilon, solve_q, solve_transfer
+from calibrate_cli.engine.solve import solve_epsilon, solve_q, solve_transfer
 
 SIGMA_ONLY = [s for s in list_losses() if s.sigma_only]
 MC_LOSSES = [s for s in list_losses() if not s.sigma_only]
@@ -318,7 +318,7 @@ def test_api_doc_examples():
 def test_reducible_losses_and_one_pass_over_the_draws(monkeypatch):
     """NCE and its combinations reduce each draw to (ln Σ e^z, Σ z): the draws are made once per
     K, for the control variates and NCE together (NFL and biTemp reduce too: tests/test_reduce.py)."""
-    from calibrate_cli.average import Averager
+    from calibrate_cli.engine.average import Averager
     from calibrate_cli.losses import get_loss, resolve_params
 
     assert all(get_loss(n).reducible for n in ("ce", "mae", "nce", "nce-agce", "nce-mae", "nce-rce"))
@@ -341,7 +341,7 @@ def test_reducible_losses_and_one_pass_over_the_draws(monkeypatch):
 def test_monte_carlo_error_estimates_are_honest():
     """The reported error of a Monte Carlo ε or transfer is the spread over independent seeds
     (ratio within [0.6, 1.6] over 24 seeds), and it vanishes where the draws cancel (K = K_ref)."""
-    from calibrate_cli.solve import solve_epsilon, solve_transfer
+    from calibrate_cli.engine.solve import solve_epsilon, solve_transfer
 
     dist = Gaussian(0.0, 0.5)
     spec = get_loss("nce-mae")
@@ -365,7 +365,7 @@ def test_psi_kept_per_z_on_the_u_lattice_is_psi():
     """The exact path keeps ψ per z over the lattice of u (every kernel's u grid lies on it):
     what it returns equals ψ computed afresh, and an average does not depend on what the same
     Averager evaluated before (another kernel, another K, a wider lattice range)."""
-    from calibrate_cli.laplace import V_STEP
+    from calibrate_cli.engine.laplace import V_STEP
 
     spec = get_loss("gce")
     fresh = Averager(Gaussian(0.0, 0.5)).mean_delta(spec, {"q": 0.3}, 1000, 0.0)

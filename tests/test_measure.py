@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from calibrate_cli.cli.app import build_app
 from calibrate_cli.errors import UsageError
-from calibrate_cli.logits import load_logits
+from calibrate_cli.engine.logits import load_logits
 from calibrate_cli.measure import ks_distance, load_measurement_meta, logit_stats, measure_logits
 
 torch = pytest.importorskip("torch")

@@ -9,12 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from calibrate_cli import plots as P
-from calibrate_cli.average import Averager
+from calibrate_cli.engine.average import Averager
 from calibrate_cli.cli.app import build_app
 from calibrate_cli.errors import UsageError
-from calibrate_cli.logits import Gaussian, from_array
+from calibrate_cli.engine.logits import Gaussian, from_array
 from calibrate_cli.losses import get_loss, resolve_params
-from calibrate_cli.solve import solve_epsilon, solve_q
+from calibrate_cli.engine.solve import solve_epsilon, solve_q
 
 pytest.importorskip("matplotlib")
 APP = build_app("plot")

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize
 
-from calibrate_cli.average import Averager, reducer_of
-from calibrate_cli.logits import Empirical, Gaussian, LogitDistribution, from_array
+from calibrate_cli.engine.average import Averager, reducer_of
+from calibrate_cli.engine.logits import Empirical, Gaussian, LogitDistribution, from_array
 from calibrate_cli.losses import get_loss, resolve_params
 from calibrate_cli.losses.rce_series import (TOL, rce_floor_series, rce_reduce, series_order)
 from calibrate_cli.losses.registry import lse_and_sum
 from calibrate_cli.losses.specs import rce_floor
-from calibrate_cli.solve import solve_epsilon
+from calibrate_cli.engine.solve import solve_epsilon
 
 
 def _measured(std: float):

@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-from calibrate_cli.average import DRAW_BUDGET, MIN_SAMPLES, Averager
-from calibrate_cli.logits import Gaussian
+from calibrate_cli.engine.average import DRAW_BUDGET, MIN_SAMPLES, Averager
+from calibrate_cli.engine.logits import Gaussian
 from calibrate_cli.losses import get_loss, resolve_params
 from calibrate_cli.losses.bitemp_series import bitemp_reduce, bitemp_series_delta
 from calibrate_cli.losses.nfl_series import nfl_reduce, nfl_series_delta
 from calibrate_cli.losses.registry import lse_and_sum
-from calibrate_cli.solve import solve_epsilon
+from calibrate_cli.engine.solve import solve_epsilon
 
 NFL_PARAMS = [(0.5, 0), (0.5, 1), (0.0, 0), (1.3, 0), (2.0, 0), (2.7, 1)]
 BITEMP_PARAMS = [(0.8, 1.2), (0.5, 1.5), (1.0, 3.0), (0.2, 5.0), (0.8, 1.05), (0.0, 1.1)]
@@ -128,7 +128,7 @@ def test_whole_vectors_where_the_bound_fails(loss, params, std):
     K = 100
     dist = Gaussian(0.0, std)
     av = Averager(dist, samples=64, seed=2)
-    from calibrate_cli.average import reducer_of
+    from calibrate_cli.engine.average import reducer_of
 
     (term,) = spec.terms(params)
     stats = av._reduced(K, reducer_of(term))
@@ -142,7 +142,7 @@ def test_whole_vectors_where_the_bound_fails(loss, params, std):
 def test_bitemp_parameters_below_the_default_level_get_their_own_moments():
     """t2 = 1.05 needs more moments than the default level stores: the engine reduces the same
     draws once more for that level and still equals whole vectors on those draws."""
-    from calibrate_cli.average import reducer_of
+    from calibrate_cli.engine.average import reducer_of
 
     spec = get_loss("bitemp")
     dist = Gaussian(0.0, 0.5)
@@ -215,7 +215,7 @@ def test_one_pass_serves_nfl_nce_and_the_control_variates(monkeypatch):
 def test_tables_share_one_set_of_draws_across_stds_bit_for_bit():
     """calibrate tables reduces std × the same standard normals for every std at once: the
     statistics equal those of each Averager's own pass exactly."""
-    from calibrate_cli.tables_run import share_draws
+    from calibrate_cli.tables.run import share_draws
 
     avs = [Averager(Gaussian(0.0, s), samples=100, seed=3) for s in (0.1, 2.0)]
     share_draws(avs, 300, [lse_and_sum, nfl_reduce])
@@ -256,7 +256,7 @@ def test_reduced_standard_error_is_honest():
 # ----------------------------------------------------------------- torch
 def test_torch_reductions_equal_numpy_on_the_same_draws():
     torch = pytest.importorskip("torch")
-    from calibrate_cli.mc_device import bitemp_reduce_torch, lse_and_sum_torch, nfl_reduce_torch
+    from calibrate_cli.engine.mc_device import bitemp_reduce_torch, lse_and_sum_torch, nfl_reduce_torch
 
     for K, std in ((10, 0.5), (100, 2.0), (3000, 0.5)):
         z = _draws(K, std, n=40)

@@ -17,9 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-from calibrate_cli.atomic import clean_temporaries, write_atomic  # noqa: E402
+from calibrate_cli.utils.atomic import clean_temporaries, write_atomic  # noqa: E402
 from calibrate_cli.errors import StorageError, UsageError  # noqa: E402
-from calibrate_cli.lock import FolderLock, lock_folder  # noqa: E402
+from calibrate_cli.utils.lock import FolderLock, lock_folder  # noqa: E402
 from calibrate_cli.train import records  # noqa: E402
 from helpers import TINY, cli, env, load_json, one_line_error, run  # noqa: E402
 
@@ -41,7 +41,7 @@ def test_folder_lock_excludes_a_second_holder_and_is_released(tmp_path):
         pass
     # held by another process: refused here; that process killed (-9): free again
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from calibrate_cli.lock import lock_folder; "
+                               "import sys, time; from calibrate_cli.utils.lock import lock_folder; "
                                f"lock_folder({str(tmp_path)!r}); print('locked', flush=True); "
                                "time.sleep(600)"], env=env(tmp_path), stdout=subprocess.PIPE,
                               text=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from calibrate_cli.laplace import Representation, check_representation, laplace_inverse, u_grid
-from calibrate_cli.roots import bracketed_root
+from calibrate_cli.engine.laplace import Representation, check_representation, laplace_inverse, u_grid
+from calibrate_cli.engine.roots import bracketed_root
 
 XTOL = 1e-12
 
@@ -89,10 +89,10 @@ def test_incremental_representation_check_equals_a_full_check():
 def test_tables_skip_only_the_other_root(loss, crit):
     """The tables solve ε with other_root=False: the same ε, error and δ as the command line's
     solve, only without the root on the other side of the peak."""
-    from calibrate_cli.average import Averager
-    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.engine.average import Averager
+    from calibrate_cli.engine.logits import Gaussian
     from calibrate_cli.losses import get_loss, resolve_params
-    from calibrate_cli.solve import solve_epsilon
+    from calibrate_cli.engine.solve import solve_epsilon
 
     spec = get_loss(loss)
     dist = Gaussian(0.0, 0.5)
@@ -112,11 +112,11 @@ def test_a_peak_beyond_the_window_is_found_not_called_monotone():
     """biTemp's tempered softmax (t2 = 1.2) puts the peak of <δ_k> at K = 10^5 about 42 above
     the logit mean, just beyond the first scan (which ends at 41.6): the scan is widened while
     |<δ_k>| still grows at its end, instead of reporting a monotone curve (as it did)."""
-    from calibrate_cli.average import Averager, DRAW_BUDGET
-    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.engine.average import Averager, DRAW_BUDGET
+    from calibrate_cli.engine.logits import Gaussian
     from calibrate_cli.losses import get_loss, resolve_params
-    from calibrate_cli.solve import solve_epsilon
-    from calibrate_cli.window import scan_window
+    from calibrate_cli.engine.solve import solve_epsilon
+    from calibrate_cli.engine.window import scan_window
 
     spec = get_loss("bitemp")
     params = resolve_params(spec)
@@ -132,11 +132,11 @@ def test_a_peak_beyond_the_window_is_found_not_called_monotone():
 
 def test_a_curve_flat_at_its_end_stays_monotone():
     """CE's <δ_k> = <σ_k> - 1 tends to -1 below the window: no peak is invented there."""
-    from calibrate_cli.average import Averager
+    from calibrate_cli.engine.average import Averager
     from calibrate_cli.errors import NoSolutionError
-    from calibrate_cli.logits import Gaussian
+    from calibrate_cli.engine.logits import Gaussian
     from calibrate_cli.losses import get_loss
-    from calibrate_cli.solve import solve_epsilon
+    from calibrate_cli.engine.solve import solve_epsilon
 
     dist = Gaussian(0.0, 0.5)
     with pytest.raises(NoSolutionError, match="monotone"):
@@ -150,9 +150,9 @@ def test_monte_carlo_peak_error_covers_where_another_root_search_lands(loss, K):
     draws): root searches of the slope from other brackets, to tolerances below the stated
     error, land within it. NCE's slope is exact per draw (``mc_slope``); NFL's and biTemp's are
     central differences, whose rounding floor the error includes."""
-    from calibrate_cli import tables as T
+    from calibrate_cli.tables import build as T
     from calibrate_cli.losses import get_loss
-    from calibrate_cli.tables_run import Averagers
+    from calibrate_cli.tables.run import Averagers
 
     row = next(r for r in T.epsilon_rows() if r["loss"] == loss and r["criterion"] == "peak"
                and r["classes"] == K and r["logit_std"] == 0.05)

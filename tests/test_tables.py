@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from calibrate_cli import tables as T
+from calibrate_cli.tables import build as T
 from calibrate_cli._version import __version__
 from calibrate_cli.cli.app import build_app
 from calibrate_cli.losses import list_losses

@@ -79,7 +79,7 @@ class _Group(TyperGroup):
             if isinstance(exc, ImportError):
                 known = missing_package(exc, command)
             elif isinstance(exc, OSError):
-                from ..atomic import _storage_error
+                from ..utils.atomic import _storage_error
 
                 known = _storage_error("a file", exc)
             if known is not None:

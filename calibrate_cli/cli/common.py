@@ -17,9 +17,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .._version import __version__
-from ..average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, DRAW_BUDGET, Averager, default_samples
+from ..engine.average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, DRAW_BUDGET, Averager, default_samples
 from ..errors import UsageError
-from ..logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
+from ..engine.logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
                       load_logits)
 from ..losses import get_loss, parse_assignments, resolve_params
 from .params import INT, parse_int
@@ -140,10 +140,10 @@ def make_distribution(*, logit_mean: float | None, logit_std: float | None, logi
     if logits:
         return load_logits(logits, atoms=atoms)
     if from_model:
-        from ..logits import from_array
+        from ..engine.logits import from_array
         from ..measure import measure_logits
 
-        from ..progress import slow_step
+        from ..utils.progress import slow_step
 
         input_shape = input_shape or DEFAULTS["input_shape"]
         shape = parse_shape(input_shape)
@@ -182,7 +182,7 @@ def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *spec
     check_seed(seed)
     torch_device = None
     if device != "cpu":
-        from ..mc_device import check_device_name, parse_device
+        from ..engine.mc_device import check_device_name, parse_device
 
         check_device_name(device)
         if not all(s.sigma_only for s in specs):  # exact losses draw nothing
@@ -205,17 +205,17 @@ LONG_WORK = 60.0
 @contextlib.contextmanager
 def monte_carlo_work(av: Averager, work) -> Any:
     """Around a command's computation: estimate its Monte Carlo work up front
-    (:func:`calibrate_cli.cost.monte_carlo_cost`; ``work`` lists (loss spec, params,
+    (:func:`calibrate_cli.engine.cost.monte_carlo_cost`; ``work`` lists (loss spec, params,
     {K: evaluations})) and show it. Over :data:`LONG_WORK` seconds: on a terminal a progress
     line with the estimate and the part done at once, else one line on stderr saying the
     estimate; shorter work shows the progress line after 2 s on a terminal only."""
-    from ..cost import monte_carlo_cost
+    from ..engine.cost import monte_carlo_cost
 
     cost = monte_carlo_cost(av, work)
     if cost is None:
         yield None
         return
-    from ..progress import _seconds, interactive, slow_step
+    from ..utils.progress import _seconds, interactive, slow_step
 
     long = cost.seconds > LONG_WORK
     if long and not interactive():

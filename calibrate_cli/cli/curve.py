@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..average import Z_LIMIT, check_classes
-from ..solve import CRITERIA, check_k, solve_epsilon
+from ..engine.average import Z_LIMIT, check_classes
+from ..engine.solve import CRITERIA, check_k, solve_epsilon
 from . import common as c
 from .params import INT
 
@@ -126,7 +126,7 @@ def curve(
                            "underflows in float64; give a smaller --epsilon")
     z = np.linspace(lo, hi, points)
 
-    from ..cost import epsilon_evaluations
+    from ..engine.cost import epsilon_evaluations
 
     def evaluations() -> dict[int, int]:  # per loss: the grid, μ and μ + ε, and the solve
         evals: dict[int, int] = {}

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..solve import BRANCHES, CRITERIA, check_k, solve_epsilon
+from ..engine.solve import BRANCHES, CRITERIA, check_k, solve_epsilon
 from . import common as c
 from .params import INT
 
@@ -75,7 +75,7 @@ def epsilon(
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=classes, quiet=json_)
     av = c.make_averager(dist, samples, seed, spec, device=device)
-    from ..cost import epsilon_evaluations
+    from ..engine.cost import epsilon_evaluations
 
     with c.monte_carlo_work(av, [(spec, params, lambda: epsilon_evaluations(
             av, check_k(classes), criterion, reference_classes))]):

@@ -59,7 +59,7 @@ def measure(
     import os
 
     from ..measure import check_output, measure_logits
-    from ..progress import slow_step
+    from ..utils.progress import slow_step
 
     if data_dir and not dataset:
         raise UsageError("--data-dir needs --dataset NAME")

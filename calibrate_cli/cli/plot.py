@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..atomic import check_folder, make_folder
+from ..utils.atomic import check_folder, make_folder
 from ..errors import UsageError
 from . import common as c
 from .params import INT
@@ -94,7 +94,7 @@ def plot(
             raise UsageError(f"--validate '{validate}': no run has any finished epoch yet")
     if folder is not None:
         make_folder(folder, "--out-dir", lock=True)  # one writer of a figure set at a time
-    from ..logits import Gaussian
+    from ..engine.logits import Gaussian
 
     dist = Gaussian(0.0, logit_std)
     for n, path in targets:
@@ -106,14 +106,14 @@ def plot(
 def _histogram_input(logits, *, model, dataset, data_dir, classes):
     """(array [N, K] of logits, title) for the logit-histogram figure."""
     if logits:
-        from ..logits import load_logits, read_logits_array
+        from ..engine.logits import load_logits, read_logits_array
 
         emp = load_logits(logits)  # checks shape and values
         arr = read_logits_array(logits)
         return (arr if arr.ndim == 2 else emp.values[None, :],
                 f"logits from {os.path.basename(logits)}")
     from ..measure import measure_logits
-    from ..progress import slow_step
+    from ..utils.progress import slow_step
 
     with slow_step(f"measuring {model} at initialisation"):
         m = measure_logits(model, classes, dataset=dataset, data_dir=data_dir, batches=2)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..atomic import make_folder
+from ..utils.atomic import make_folder
 from ..errors import UsageError
 from .params import INT
 
@@ -37,7 +37,7 @@ def tables(
     quick: Annotated[bool, typer.Option(
         "--quick", help="A few rows per table (checks the pipeline; not for committing).")] = False,
 ) -> None:
-    from .. import tables as T
+    from ..tables import build as T
 
     names = list(dict.fromkeys(only or T.TABLE_NAMES))
     bad = [n for n in names if n not in T.TABLE_NAMES]

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..solve import TransferResult, check_k, solve_transfer
+from ..engine.solve import TransferResult, check_k, solve_transfer
 from . import common as c
 from .params import INT
 
@@ -49,7 +49,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
                                atoms=atoms, from_model=from_model, input_shape=input_shape,
                                classes=k_to, quiet=json_)
     av = c.make_averager(dist, samples, seed, spec, device=device)
-    from ..cost import transfer_evaluations
+    from ..engine.cost import transfer_evaluations
 
     with c.monte_carlo_work(av, [(spec, params, lambda: transfer_evaluations(
             spec, params, param, k_from, k_to))]):

@@ -15,7 +15,7 @@ The loss of a sample is the loss at biased logits (the trainer's, ``calibrate tr
 
 ε added to the logit of the sample's label. ε (``logit_bias="auto"``) and a calibrated
 parameter (``calibrate={"q": 100}``: GCE's q carried from K = 100 to ``classes``) come
-from the engine (:func:`calibrate_cli.solve.solve_epsilon`, :func:`~calibrate_cli.solve.solve_transfer`)
+from the engine (:func:`calibrate_cli.engine.solve.solve_epsilon`, :func:`~calibrate_cli.engine.solve.solve_transfer`)
 for a Gaussian N(0, s²) of initial logits: s = ``logit_std`` (0.5, the default of
 ``calibrate epsilon``), or measured on your model and data (``logit_std="measure"`` with
 ``model=`` and ``loader=``, or ``.calibrate(model, loader)`` later) by

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..logits import centre_rows
+from ..engine.logits import centre_rows
 
 __all__ = ["measure_logits", "measure_logit_std", "centred_std"]
 

@@ -7,12 +7,12 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from ..average import Averager, check_classes, default_samples
+from ..engine.average import Averager, check_classes, default_samples
 from ..errors import UsageError
-from ..logits import DEFAULT_LOGIT_STD, Gaussian
+from ..engine.logits import DEFAULT_LOGIT_STD, Gaussian
 from ..losses import get_loss, get_preset, list_losses, resolve_params
 from ..losses.base import LossSpec
-from ..solve import solve_epsilon, solve_transfer
+from ..engine.solve import solve_epsilon, solve_transfer
 from .measure import _measure
 
 REDUCTIONS = ("mean", "sum", "none")

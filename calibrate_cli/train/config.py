@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from ..errors import UsageError
-from ..numbers import number_text
+from ..utils.numbers import number_text
 
 #: Datasets ``load_dataset`` knows (kept in step with calibrate_cli/train/data.py).
 DATASETS = ("glyphs", "cifar10", "cifar100", "fashion-mnist", "imagefolder", "webvision",

@@ -12,7 +12,7 @@ class EpochProgress:
     on-device sums once), then one plain line through ``log`` when it ends."""
 
     def __init__(self, enabled: bool, log: Callable[[str], None]):
-        from ..progress import interactive
+        from ..utils.progress import interactive
 
         self.enabled = enabled and interactive()
         self.log = log

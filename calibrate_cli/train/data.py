@@ -114,7 +114,7 @@ def _load_glyphs(classes, train_per_class, test_per_class, image_size, seed):
     size = GLYPHS_IMAGE_SIZE if image_size is None else int(image_size)
     if ntr < 1 or nte < 1:
         raise UsageError(f"glyphs: samples per class must be >= 1, got train {ntr}, test {nte}")
-    from ..progress import slow_step
+    from ..utils.progress import slow_step
 
     with slow_step(f"drawing {k * (ntr + nte)} glyph images"):
         xtr, ytr, xte, yte, names = glyphs.generate(k, ntr, nte, size, seed)

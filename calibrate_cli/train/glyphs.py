@@ -229,12 +229,12 @@ def _all_classes() -> tuple[int, ...]:
     found = _read_list(cached, key)
     if found is not None:
         return found
-    from ..progress import slow_step
+    from ..utils.progress import slow_step
 
     with slow_step("glyphs: choosing the classes for these fonts (once, then cached)"):
         kept = _compute_classes()
     try:
-        from ..atomic import write_atomic
+        from ..utils.atomic import write_atomic
 
         write_atomic(cached, json.dumps(class_list_record(kept, key)) + "\n")
     except Exception:  # an unwritable cache costs the computation next time, nothing more

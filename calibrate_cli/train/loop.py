@@ -15,8 +15,8 @@ What one run does, in order:
    ``calibrate_cli.nn`` gives for that s):
 
    * ``calibrate = θ``: θ at K from its value at ``calibrate_from`` classes
-     (default: the ``--preset``'s K), :func:`~calibrate_cli.solve.solve_transfer`;
-   * ``logit_bias = auto``: ε from :func:`~calibrate_cli.solve.solve_epsilon`
+     (default: the ``--preset``'s K), :func:`~calibrate_cli.engine.solve.solve_transfer`;
+   * ``logit_bias = auto``: ε from :func:`~calibrate_cli.engine.solve.solve_epsilon`
      (criterion ``bias_criterion``, the calibrated parameters);
 
 4. train. The loss of a sample is the loss at biased logits,
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..atomic import make_folder
+from ..utils.atomic import make_folder
 from ..errors import CalibrateError, UsageError
 from ..nn import centred_std, loss as calibrated_loss, measure_logits as measure_model_logits
 from .batches import MemoryData, _augment_kind, make_split
@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
     unwrapped. ``resume_hint``: what an interrupted run tells the user to do next.
 
     Every input is checked before anything is written; the run folder is then locked
-    (:mod:`calibrate_cli.lock`) until the run ends, so a second process is refused. torch
+    (:mod:`calibrate_cli.utils.lock`) until the run ends, so a second process is refused. torch
     runs with ``cfg.threads`` threads, or :func:`~calibrate_cli.train.threads.default_threads`;
     the caller's setting is restored at the end.
     """
@@ -214,9 +214,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool
 
 def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: str | None,
            log_stream, resume_hint: str | None, lock: RunLock) -> TrainResult:
-    from ..atomic import check_folder
+    from ..utils.atomic import check_folder
     from ..losses import get_loss, resolve_params
-    from ..progress import slow_step
+    from ..utils.progress import slow_step
     from . import threads as T
     from .models import create_model
     from .noise import apply_noise, save_noisy_labels

@@ -67,9 +67,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..atomic import write_atomic
+from ..utils.atomic import write_atomic
 from ..errors import UsageError
-from ..numbers import number_text
+from ..utils.numbers import number_text
 
 KINDS = ("none", "symmetric", "asymmetric", "asymmetric-literature", "cifar100-block",
          "cifar100-superclass", "pairflip", "matrix")

@@ -1,7 +1,7 @@
 """What a training run leaves in its folder, and what :func:`~calibrate_cli.train.loop.train`
 returns.
 
-Files (rank 0 writes them, each through :func:`calibrate_cli.atomic.write_atomic`: never half
+Files (rank 0 writes them, each through :func:`calibrate_cli.utils.atomic.write_atomic`: never half
 written): ``config.json`` (the settings, the derived loss settings, the noise, the dataset),
 ``noise.json`` and ``noisy_labels.npz``, ``checkpoint.pt`` after every epoch, and
 ``metrics.csv`` / ``metrics.json``: one row per completed epoch (the columns are described in
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import write_atomic
+from ..utils.atomic import write_atomic
 
 CHECKPOINT = "checkpoint.pt"
 #: Columns of metrics.csv, in order (imagenet_* only when --imagenet-val-dir is given).

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..atomic import clean_temporaries
+from ..utils.atomic import clean_temporaries
 from ..errors import CalibrateError, RunError, UsageError
-from ..lock import lock_folder
+from ..utils.lock import lock_folder
 
 #: What a checkpoint of :func:`train` holds.
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "history", "derived", "noise_hash")
@@ -70,7 +70,7 @@ def held_interrupt():
 
 
 class RunLock:
-    """A run folder's lock, taken once the folder exists (:mod:`calibrate_cli.lock`)."""
+    """A run folder's lock, taken once the folder exists (:mod:`calibrate_cli.utils.lock`)."""
 
     def __init__(self):
         self.lock = None

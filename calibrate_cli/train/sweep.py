@@ -33,9 +33,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..atomic import write_atomic
+from ..utils.atomic import write_atomic
 from ..errors import UsageError
-from ..numbers import number_text
+from ..utils.numbers import number_text
 from .validate import LossVariant, SUMMARY_FIELDS, parse_losses, run_grid
 
 #: Computed points of an ε sweep: keyword -> the validate label suffix.

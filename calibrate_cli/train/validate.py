@@ -56,10 +56,10 @@ import re
 from dataclasses import dataclass
 
 from .._version import __version__
-from ..atomic import check_folder, clean_temporaries, make_folder, write_atomic
+from ..utils.atomic import check_folder, clean_temporaries, make_folder, write_atomic
 from ..errors import UsageError
-from ..lock import lock_folder
-from ..numbers import number_text
+from ..utils.lock import lock_folder
+from ..utils.numbers import number_text
 from .config import TrainConfig, changed_result_fields, resolve_config, slugify
 from .provenance import record_invocation, run_key, share_runs
 
@@ -259,7 +259,7 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
         # loaded here before anything is written, also with several jobs (then each worker
         # loads its own copy and this one is dropped): missing or malformed data is one
         # line and an untouched --out, not a broken pool of workers
-        from ..progress import slow_step
+        from ..utils.progress import slow_step
         from .data import load_dataset
 
         with slow_step(f"loading {first.dataset}"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 #: Default logit std: see README "Choosing the logit distribution" for the measurement.
 DEFAULT_LOGIT_STD = 0.5

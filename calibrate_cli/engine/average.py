@@ -69,11 +69,11 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 from .laplace import (V_STEP, LaplaceTransform, Representation, check_representation,
                       laplace_inverse, u_grid)
 from .logits import LogitDistribution
-from .losses.registry import LossSpec, Term, lse_and_sum
+from ..losses.registry import LossSpec, Term, lse_and_sum
 
 #: Monte Carlo logit vectors by default. NCE and its combinations reduce each vector to two
 #: numbers once per K, so 4096 cost little; losses that need whole vectors at every evaluation
@@ -134,7 +134,7 @@ class Averager:
         a few numbers (the reference the reductions are measured against).
     device:
         None: NumPy on the CPU. A torch device ("cuda", "cuda:1", "cpu") draws, reduces and
-        evaluates whole vectors with torch there (calibrate_cli/mc_device.py); its draws
+        evaluates whole vectors with torch there (calibrate_cli/engine/mc_device.py); its draws
         differ from NumPy's (another generator), within the Monte Carlo error.
     """
 

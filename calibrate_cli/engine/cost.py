@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .average import MAX_DRAWS, Averager
-from .losses.registry import LossSpec
+from ..losses.registry import LossSpec
 
 #: Whole-vector evaluations the solver adds to its scan of z (peak: slopes and Brent on the
 #: slope; match/target: the peak, then Brent on each side of it), from a survey of NFL and

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._version import __version__
-from .atomic import write_atomic
-from .errors import NoSolutionError, UsageError
-from .tables_run import (MC_DRAW_BUDGET, MC_MIN_SAMPLES, Averagers, format_params,
+from .._version import __version__
+from ..utils.atomic import write_atomic
+from ..errors import NoSolutionError, UsageError
+from .run import (MC_DRAW_BUDGET, MC_MIN_SAMPLES, Averagers, format_params,
                          parse_params, run_tables)
 
 TABLE_NAMES = ("epsilon", "q", "transfer", "presets")
@@ -100,8 +100,8 @@ def _num(x):
 # ---------------------------------------------------------------- row kernels
 def compute_epsilon(row: dict, avs: Averagers) -> dict:
     """Fill ``epsilon``, ``error``, ``method``, δ before/after and ``status`` of an ε row."""
-    from .losses import get_loss
-    from .solve import solve_epsilon
+    from ..losses import get_loss
+    from ..engine.solve import solve_epsilon
 
     spec = get_loss(row["loss"])
     params = _full_params(spec, parse_params(row["params"]))
@@ -122,8 +122,8 @@ def compute_epsilon(row: dict, avs: Averagers) -> dict:
 
 def compute_transfer(row: dict, avs: Averagers) -> dict:
     """Fill ``value``, ``error``, ``method``, ``status`` of a q / transfer / presets row."""
-    from .losses import get_loss
-    from .solve import solve_transfer
+    from ..losses import get_loss
+    from ..engine.solve import solve_transfer
 
     spec = get_loss(row["loss"])
     params = _full_params(spec, parse_params(row["params"]))
@@ -163,13 +163,13 @@ def recompute_row(table: str, row: dict, avs: Averagers | None = None) -> dict:
 
 # --------------------------------------------------------------- row inputs
 def _bounded_losses():
-    from .losses import list_losses
+    from ..losses import list_losses
 
     return [s for s in list_losses() if s.bounded]
 
 
 def epsilon_rows(quick: bool = False) -> list[dict]:
-    from .losses import resolve_params
+    from ..losses import resolve_params
 
     grid = [2, 10, 1000] if quick else class_grid()
     rows = []
@@ -202,7 +202,7 @@ def q_rows(quick: bool = False) -> list[dict]:
 
 
 def transfer_rows(quick: bool = False) -> list[dict]:
-    from .losses import get_loss, get_preset
+    from ..losses import get_loss, get_preset
 
     rows = []
     for name in TRANSFER_LOSSES[:1] if quick else TRANSFER_LOSSES:
@@ -222,7 +222,7 @@ def transfer_rows(quick: bool = False) -> list[dict]:
 
 
 def preset_rows(quick: bool = False) -> list[dict]:
-    from .losses import get_preset, list_losses
+    from ..losses import get_preset, list_losses
 
     rows = []
     for spec in list_losses():
@@ -251,7 +251,7 @@ def preset_rows(quick: bool = False) -> list[dict]:
 
 
 def _full_params(spec, values) -> dict:
-    from .losses import resolve_params
+    from ..losses import resolve_params
 
     p = resolve_params(spec)
     p.update({k: float(v) for k, v in values.items()})

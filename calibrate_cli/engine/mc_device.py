@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 DEVICES = "cpu (NumPy, default), cuda, cuda:N, torch-cpu, auto"
 CHUNK_ELEMS_DEVICE = 1 << 24  # logits per chunk on a device (128 MiB of float64)
@@ -92,7 +92,7 @@ class TorchBackend:
 
     def reduce(self, reducer, draws):
         """``reducer`` applied to device draws: the torch version where there is one."""
-        from .losses.registry import lse_and_sum
+        from ..losses.registry import lse_and_sum
 
         if reducer is lse_and_sum:
             return lse_and_sum_torch(draws)
@@ -126,5 +126,5 @@ def _np(x) -> np.ndarray:
 
 
 # the torch versions of NFL's and biTemp's reducers live beside their NumPy versions
-from .losses.bitemp_series import bitemp_reduce_torch  # noqa: E402,F401
-from .losses.nfl_series import nfl_reduce_torch  # noqa: E402,F401
+from ..losses.bitemp_series import bitemp_reduce_torch  # noqa: E402,F401
+from ..losses.nfl_series import nfl_reduce_torch  # noqa: E402,F401

@@ -16,7 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 
-from .errors import UsageError
+from ..errors import UsageError
 
 _HELD: dict[str, "FolderLock"] = {}
 

@@ -1,4 +1,4 @@
-r"""The Laplace-space machinery of the exact path of :mod:`calibrate_cli.average`.
+r"""The Laplace-space machinery of the exact path of :mod:`calibrate_cli.engine.average`.
 
 * :func:`laplace_inverse`: ρ(u) with ∫ρ(u) e^{-ux} du = H(x), by the fixed Talbot contour;
 * :func:`u_grid`: the nodes u = e^v of the trapezoidal rule in v = ln u;

@@ -40,7 +40,7 @@ def parse_params(text: str) -> dict:
 def _memo_averager(dist, **kwargs):
     """An Averager whose mean_delta and slope remember their results (deterministic: exact
     kernels, or Monte Carlo on fixed seeded draws)."""
-    from .average import Averager
+    from ..engine.average import Averager
 
     class Memo(Averager):
         def __init__(self, *a, **k):
@@ -80,8 +80,8 @@ class Averagers:
         self._cache = {}
 
     def get(self, std: float, samples: int | None, seed: int | None):
-        from .average import DEFAULT_SAMPLES
-        from .logits import Gaussian
+        from ..engine.average import DEFAULT_SAMPLES
+        from ..engine.logits import Gaussian
 
         key = (float(std), samples or DEFAULT_SAMPLES, seed or 0)
         if key not in self._cache:
@@ -95,7 +95,7 @@ def share_draws(averagers, classes: int, reducers) -> None:
     """The per-K reduction pass of several Averagers over one set of draws: Gaussians with the
     same seed and samples (NumPy) draw std × the same standard normals, so drawing those once
     gives each Averager, bit for bit, what its own pass would (tables: six stds, one draw)."""
-    from .logits import Gaussian
+    from ..engine.logits import Gaussian
 
     first = averagers[0]
     if not all(isinstance(a.dist, Gaussian) and a._torch is None and a.seed == first.seed
@@ -122,7 +122,7 @@ def samples_at(samples: int, classes: int) -> int:
 
 
 def _reducible_mc(loss: str) -> bool:
-    from .losses import get_loss
+    from ..losses import get_loss
 
     spec = get_loss(loss)
     return not spec.sigma_only and spec.reducible
@@ -138,9 +138,9 @@ def _group_key(name, row, k_index):
 
 
 def _reducers(rows):
-    from .average import reducer_of
-    from .losses import get_loss
-    from .losses.registry import lse_and_sum
+    from ..engine.average import reducer_of
+    from ..losses import get_loss
+    from ..losses.registry import lse_and_sum
 
     out = [lse_and_sum]
     for loss, params in dict.fromkeys((r["loss"], r["params"]) for r in rows):
@@ -151,7 +151,7 @@ def _reducers(rows):
 
 def run_group(args):
     """Compute the rows of one group (in a worker process or in this one) with the table's
-    kernel (a module-level function of calibrate_cli.tables: it pickles by name); returns the
+    kernel (a module-level function of calibrate_cli.tables.build: it pickles by name); returns the
     rows and the seconds they took."""
     import time
 

@@ -27,7 +27,7 @@ within a few units of z_c = μ + ln((K-1)·m), where p ≈ 1/2; p falls below
 e^{-25} 25 units to the left and above 1 - e^{-25} 25 units to the right.
 We scan that window in steps of 2 (one vectorised evaluation), locate the
 extremum and the sign changes, then refine each to 1e-12 with a bracketing
-root finder that evaluates two points per call (:mod:`calibrate_cli.roots`:
+root finder that evaluates two points per call (:mod:`calibrate_cli.engine.roots`:
 inverse interpolation through the nearest known points, Brent's method as the
 fallback), about five calls where Brent's method makes ten.
 
@@ -48,11 +48,11 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from .average import Z_LIMIT, Averager, NonFiniteAverage, check_classes, default_samples
-from .errors import NoSolutionError, UsageError
+from ..errors import NoSolutionError, UsageError
 from .logits import LogitDistribution
 from .roots import bracketed_root
 from .window import scan_window, widen_scan
-from .losses.registry import LossSpec, check_params
+from ..losses.registry import LossSpec, check_params
 
 CRITERIA = ("match", "peak", "target")
 BRANCHES = ("below", "above")
@@ -479,7 +479,7 @@ def solve_transfer(
 def solve_q(k_from: int, k_to: int, dist: LogitDistribution, *, q_from: float = 0.7,
             at: float | None = None, loss: str = "gce", averager: Averager | None = None) -> TransferResult:
     """GCE's q at ``k_to`` from ``q_from`` at ``k_from`` (the paper's Figure 3)."""
-    from .losses import get_loss, resolve_params
+    from ..losses import get_loss, resolve_params
 
     spec = get_loss(loss)
     if "q" not in spec.param_names:

@@ -6,7 +6,7 @@ Ctrl-C therefore leaves either the old file or the new one, never a half-written
 A full disk (or quota, or read-only file system) is a :class:`~calibrate_cli.errors.StorageError`
 saying so. Only ``kill -9`` (or a power cut) in the middle of a write can leave the temporary
 file, ``.tmp-*``, behind: :func:`clean_temporaries` removes them from a folder whose lock
-(:mod:`calibrate_cli.lock`) the caller holds.
+(:mod:`calibrate_cli.utils.lock`) the caller holds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import tempfile
 from typing import BinaryIO, Callable, Union
 
-from .errors import StorageError, UsageError
+from ..errors import StorageError, UsageError
 
 Payload = Union[bytes, str, Callable[[BinaryIO], None]]
 #: Prefix of the temporary files of :func:`write_atomic`.
@@ -35,7 +35,7 @@ def make_folder(path: str | os.PathLike, option: str, *, lock: bool = False) -> 
     a :class:`UsageError` naming ``option`` otherwise. Returns the path.
 
     ``lock``: also lock the folder until the running command ends
-    (:func:`calibrate_cli.lock.hold_folder`): a second process is refused, and temporaries
+    (:func:`calibrate_cli.utils.lock.hold_folder`): a second process is refused, and temporaries
     that a killed writer left there are removed.
     """
     path = os.fspath(path)
