@@ -102,6 +102,7 @@ def train(
     tensorboard: Annotated[Optional[bool], _opt("--tensorboard/--no-tensorboard", panel=RUN, help="Also log to TensorBoard (needs tensorboard).")] = None,
     config: Annotated[Optional[str], _opt("--config", panel=RUN, metavar="FILE", help="Settings from a YAML or JSON file (keys: the fields of config.json or the option names, e.g. train_per_class, loss_params: {q: 0.5}); options given here win.")] = None,
     resume: Annotated[bool, _opt("--resume", panel=RUN, help="Continue the run in --out from its checkpoint.")] = False,
+    continue_: Annotated[bool, _opt("--continue", panel=RUN, help="Start the run in --out, continue it from its checkpoint if there is one, or do nothing if it is complete with these settings: safe to run twice (the lines of 'calibrate validate --emit-commands').")] = False,
     quiet: Annotated[bool, _opt("--quiet", "-q", panel=RUN, help="No progress bar (the run's lines are still printed).")] = False,
     json_: Annotated[bool, _opt("--json", panel=RUN, help="Print the final summary as one JSON object on stdout (the run's lines go to stderr).")] = False,
     print_config: Annotated[bool, _opt("--print-config", panel=RUN, help="Print the resolved configuration (dataset protocol, --config, options) as JSON and exit without training.")] = False,
@@ -146,6 +147,17 @@ def train(
     if print_config:
         typer.echo(json.dumps(cfg.to_dict(), indent=2))
         return
+    if continue_:
+        from ..train.provenance import continue_state
+
+        if resume:
+            raise UsageError("give --resume or --continue, not both")
+        state = continue_state(cfg)  # UsageError when --out holds a run with other settings
+        if state == "complete":
+            print(f"complete: '{cfg.out}' holds this run with all {cfg.epochs} epochs; nothing "
+                  "to do", file=sys.stderr if json_ else sys.stdout)
+            return
+        resume = state == "resume"
 
     from ..train.loop import train as run_training
 

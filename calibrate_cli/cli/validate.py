@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import UsageError
 from .params import INT
 
 GRID, DATA, OPT, RUN = "Grid", "Data", "Training (every run)", "Run"
@@ -71,6 +72,7 @@ def validate(
     threads: Annotated[Optional[int], _opt("--threads", panel=RUN, help="CPU threads of torch (default: the free physical cores, chosen once for the grid).", click_type=INT)] = None,
     config: Annotated[Optional[str], _opt("--config", panel=RUN, metavar="FILE", help="Settings of every run from a YAML or JSON file; options given here win.")] = None,
     report_only: Annotated[bool, _opt("--report-only", panel=RUN, help="Train nothing: tabulate the runs of the grid that are complete (a grid still running, or one stopped early); n per cell says how many seeds each holds.")] = False,
+    emit_commands: Annotated[bool, _opt("--emit-commands", panel=RUN, help="Train nothing, write nothing: print one self-contained 'calibrate train --continue' line per run that is not complete (each into its own folder under OUT/runs; safe to run twice, in any order), for a job array, GNU parallel or Ray; then collect with --report-only.")] = False,
     quiet: Annotated[bool, _opt("--quiet", "-q", panel=RUN, help="No progress bars.")] = False,
     json_: Annotated[bool, _opt("--json", panel=RUN, help="Print results.json's summary as one JSON object on stdout.")] = False,
 ) -> None:
@@ -105,18 +107,25 @@ def validate(
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    if emit_commands and report_only:
+        raise UsageError("give --emit-commands or --report-only, not both")
+    emit = typer.echo if emit_commands else None
     if sweep_spec is not None:
         from ..train.sweep import run_sweep, sweep_markdown
 
         res = run_sweep(sweep_spec, base, noises, seed_list, out, jobs=jobs, progress=not quiet,
-                        command=command, log=log, train=not report_only)
+                        command=command, log=log, train=not report_only, emit=emit)
+        if emit_commands:
+            return
         if json_:
             typer.echo(json.dumps({"out": out, "points": res["points"], "report": res["report"]}))
         else:
             typer.echo(sweep_markdown(res), nl=False)
         return
     results = run_grid(base, variants, noises, seed_list, out, progress=not quiet,
-                       command=command, log=log, jobs=jobs, train=not report_only)
+                       command=command, log=log, jobs=jobs, train=not report_only, emit=emit)
+    if emit_commands:
+        return
     if json_:
         typer.echo(json.dumps({"out": out, "summary": results["summary"]}))
     else:

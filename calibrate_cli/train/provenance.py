@@ -108,3 +108,61 @@ def record_invocation(path: str, entry: dict, **fields) -> None:
     old.update(fields)
     old["invocations"] = history + [entry]
     write_json(path, old)
+
+
+def continue_state(cfg: TrainConfig) -> str:
+    """For ``calibrate train --continue``: ``"complete"`` (nothing to do), ``"resume"`` (a
+    checkpoint to continue) or ``"start"``. UsageError if ``cfg.out`` holds a run made with
+    other settings, or no ``--out`` is given."""
+    from .records import CHECKPOINT
+
+    if not cfg.out:
+        raise UsageError("--continue needs --out, the run's folder")
+    saved = _saved_config(cfg.out)
+    if saved is not None and run_key(saved) != run_key({**cfg.to_dict(),
+                                                          "epochs": saved.get("epochs")}):
+        raise UsageError(f"--continue: '{cfg.out}' holds a run made with other settings; "
+                         "give another --out")
+    metrics = _read_metrics(cfg.out) or {}
+    if metrics.get("status") == "complete" and metrics.get("epochs_done") == cfg.epochs:
+        return "complete"
+    return "resume" if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)) else "start"
+
+
+#: ``calibrate train`` options whose name is not the config field's.
+_OPTION_NAMES = {"train_samples_per_class": "--train-per-class",
+                 "test_samples_per_class": "--test-per-class", "loss_preset": "--preset"}
+#: Fields always written on an emitted line (the rest only where they differ from the
+#: dataset's protocol): what a reader of the line wants to see.
+_ALWAYS = ("dataset", "classes", "loss", "noise", "seed", "epochs")
+
+
+def train_command(cfg: TrainConfig) -> str:
+    """One self-contained, idempotent ``calibrate train --continue ...`` line that trains
+    ``cfg`` into ``cfg.out`` (the same run, folder and settings as the grid would use)."""
+    import shlex
+
+    from ..utils.numbers import number_text
+    from .config import resolve_config
+
+    d = cfg.to_dict()
+    default = resolve_config(cli_values={"dataset": cfg.dataset}).to_dict()
+    fields = [f for f in RESULT_FIELDS + ("epochs", "data_dir", "device", "threads", "workers",
+                                          "imagenet_val_dir", "compile", "eval_batch_size")
+              if f != "loss_params"]
+    args = ["calibrate", "train"]
+    for f in fields:
+        v = d.get(f)
+        if v is None or (f not in _ALWAYS and v == default.get(f)):
+            continue
+        name = _OPTION_NAMES.get(f, "--" + f.replace("_", "-"))
+        if isinstance(v, bool):
+            args.append(name if v else "--no-" + name[2:])
+        elif isinstance(v, float):
+            args += [name, number_text(v)]
+        else:
+            args += [name, str(v)]
+    for k, v in sorted((d.get("loss_params") or {}).items()):
+        args += ["--set", f"{k}={number_text(v)}"]
+    args += ["--out", d["out"], "--continue", "--quiet"]
+    return " ".join(shlex.quote(a) for a in args)

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from ..utils.atomic import write_atomic
 from ..errors import UsageError
 from ..utils.numbers import number_text
-from .validate import LossVariant, SUMMARY_FIELDS, parse_losses, run_grid
+from .report import SUMMARY_FIELDS, pct
+from .validate import LossVariant, parse_losses, run_grid
 
 #: Computed points of an ε sweep: keyword -> the validate label suffix.
 EPSILON_POINTS = {"match": "*", "peak": "*peak", "above": "*above"}
@@ -125,15 +126,18 @@ def _sweep_number(quantity: str, item: str) -> float:
 
 def run_sweep(sweep: Sweep, base: dict, noises: list[str], seeds: list[int], out: str, *,
               jobs: int = 1, progress: bool = True, command: str | None = None,
-              log=print, train: bool = True) -> dict:
+              log=print, train: bool = True, emit=None) -> dict:
     """Train the sweep's runs (skipping completed ones; none with ``train=False``) and write
-    its results."""
+    its results. ``emit``: write nothing, pass it the ``calibrate train`` line of each
+    missing run instead (``--emit-commands``)."""
     from .. import __version__
     from .records import write_json
 
     variants = [p.variant for p in sweep.points]
     grid = run_grid(base, variants, noises, seeds, out, progress=progress, command=command,
-                    log=log, jobs=jobs, record=None, train=train)
+                    log=log, jobs=jobs, record=None, train=train, emit=emit)
+    if emit is not None:
+        return grid
     results = sweep_results(sweep, grid)
     path = os.path.join(out, f"{sweep.name}.json")
     results.update(version=__version__, command=command, base=base,
@@ -172,7 +176,7 @@ def _value_of(run: dict, quantity: str) -> float | None:
 
 def sweep_results(sweep: Sweep, grid: dict) -> dict:
     """Per noise level and point: the swept value and the summary over seeds; the report."""
-    from .validate import _mean, _std
+    from .report import _mean, _std
 
     by = {(s["label"], s["noise"]): s for s in grid["summary"]}
     rows = []
@@ -226,10 +230,6 @@ def sweep_csv(results: dict) -> str:
     return buf.getvalue()
 
 
-def _pct(m, s):
-    return "–" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
-
-
 def sweep_markdown(results: dict) -> str:
     s, g = results["sweep"], results["grid"]
     sym = _symbol(s["quantity"])
@@ -238,7 +238,8 @@ def sweep_markdown(results: dict) -> str:
         rows = sorted((r for r in results["points"] if r["noise"] == noise),
                       key=lambda r: (r["value"] is None, r["value"] or 0.0))
         lines += [f"{s['loss']}: test top-1 accuracy (%) against {sym}, noise {noise}; mean ± std "
-                  f"over the complete runs of seeds {', '.join(map(str, g['seeds']))} (n per row). "
+                  f"over the complete runs of seeds {', '.join(map(str, g['seeds']))} (n per row; the "
+                  f"mean alone where n = 1). "
                   f"{g['dataset']}, K = "
                   f"{g['classes'] or 'dataset'}, {g['model']}, {g['epochs']} epochs.", ""]
         lines.append(f"| {sym} | point | last epoch | best epoch | memorised / recovered | n |")
@@ -248,8 +249,8 @@ def sweep_markdown(results: dict) -> str:
             point = f"**computed ({r['computed']})**" if r["computed"] else "fixed"
             mem = "–" if r.get("memorised_mean") is None else \
                 f"{100 * r['memorised_mean']:.1f} / {100 * r['recovered_mean']:.1f}"
-            lines.append(f"| {v} | {point} | {_pct(r['last_mean'], r['last_std'])} | "
-                         f"{_pct(r['best_mean'], r['best_std'])} | {mem} | {r['n']} |")
+            lines.append(f"| {v} | {point} | {pct(r['last_mean'], r['last_std'], r['n'])} | "
+                         f"{pct(r['best_mean'], r['best_std'], r['n'])} | {mem} | {r['n']} |")
         lines.append("")
         for rep in (x for x in results["report"] if x["noise"] == noise):
             frac = "–" if rep["fraction_of_best"] is None else f"{rep['fraction_of_best']:.3f}"

@@ -47,8 +47,6 @@ accuracy peeks at the test set and is shown for comparison only.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -56,12 +54,13 @@ import re
 from dataclasses import dataclass
 
 from .._version import __version__
-from ..utils.atomic import check_folder, clean_temporaries, make_folder, write_atomic
+from ..utils.atomic import check_folder, clean_temporaries, make_folder
 from ..errors import UsageError
 from ..utils.lock import lock_folder
 from ..utils.numbers import number_text
 from .config import TrainConfig, changed_result_fields, resolve_config, slugify
 from .provenance import record_invocation, run_key, share_runs
+from .report import SUMMARY_FIELDS, _mean, _std, markdown_table, write_results  # noqa: F401
 
 RESULTS_VERSION = 1
 #: The largest grid ``validate`` accepts (losses × noise levels × seeds).
@@ -115,8 +114,9 @@ def parse_losses(text: str) -> list[LossVariant]:
                 param = m.group(1) or "q"
                 spec.param(param)
                 kw["calibrate"], kw["calibrate_from"] = param, int(m.group(2) or 100)
-                if kw["calibrate_from"] < 2:
-                    raise UsageError(f"--losses {raw}: the reference K must be >= 2")
+                if not 2 <= kw["calibrate_from"] <= 10**9:
+                    raise UsageError(f"--losses {raw}: the reference K must be an integer in "
+                                     "[2, 10^9]")
                 if m.group(3) is not None:
                     kw["params"] = ((param, _number(raw, m.group(3))),)
             elif a:
@@ -235,10 +235,12 @@ def grid_cells(variants: list[LossVariant], noises: list[str], seeds: list[int])
 def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: list[int],
              out: str, *, progress: bool = True, command: str | None = None,
              log=print, bundle=None, jobs: int = 1, record: str | None = "grid.json",
-             train: bool = True) -> dict:
+             train: bool = True, emit=None) -> dict:
     """Train every cell not yet complete (``jobs`` at a time), then write and return the
     results. ``record``: the file that records the grid and the command (None: none).
-    ``train=False`` (``--report-only``): train nothing, tabulate the runs already complete."""
+    ``train=False`` (``--report-only``): train nothing, tabulate the runs already complete.
+    ``emit`` (``--emit-commands``): train nothing, write nothing, and pass ``emit`` one
+    ``calibrate train`` line per run that is not complete (see :func:`_emit`)."""
     from . import threads as T
 
     runs = len(variants) * len(noises) * len(seeds)
@@ -250,6 +252,8 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
                                for v, n, s in cells])
     first = configs[0]
     check_folder(out, "--out")
+    if emit is not None:
+        return _emit(configs, emit)
     if not train:
         return _report_only(out, variants, noises, seeds, cells, configs, command=command,
                             log=log, record=record)
@@ -279,6 +283,23 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
                           progress=progress, command=command, log=log, jobs=jobs, record=record)
 
 
+def _emit(configs: list[TrainConfig], emit) -> dict:
+    """One self-contained ``calibrate train --continue`` line per missing run, each into the
+    run's own folder under ``OUT/runs``: run them anywhere (a job array, GNU parallel, Ray)
+    in any order, any number of times, then tabulate with ``--report-only``."""
+    from .provenance import train_command
+
+    lines, seen = [], set()
+    for cfg in configs:
+        if cfg.out in seen or _complete(cfg):
+            continue
+        seen.add(cfg.out)
+        lines.append(train_command(cfg))
+    for line in lines:
+        emit(line)
+    return {"commands": lines}
+
+
 def _grid_record(configs, variants, noises, seeds) -> dict:
     first = configs[0]
     return {"dataset": first.dataset, "classes": first.classes, "model": first.model,
@@ -305,7 +326,6 @@ def _report_only(out, variants, noises, seeds, cells, configs, *, command, log, 
 
 def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, progress,
                command, log, jobs, record) -> dict:
-    from .records import write_json
 
     grid = _grid_record(configs, variants, noises, seeds)
     todo, planned = [], set()
@@ -398,133 +418,3 @@ def collect_results(out, cells, configs, grid, command) -> dict:
             summary.append(row)
     return {"version": __version__, "command": command, "grid": grid, "runs": runs,
             "summary": summary}
-
-
-#: (per-run key, summary name): each gets ``<name>_mean`` and ``<name>_std`` over seeds.
-SUMMARY_FIELDS = (("last_top1", "last"), ("best_top1", "best"), ("best_minus_last", "drop"),
-                  ("last_memorised", "memorised"), ("last_recovered", "recovered"),
-                  ("last_train_acc_noisy", "fit_noisy"))
-
-
-def _mean(xs):
-    return sum(xs) / len(xs) if xs else None
-
-
-def _std(xs):
-    if not xs:
-        return None
-    if len(xs) == 1:
-        return 0.0
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _zero(x: float) -> float:
-    return 0.0 if abs(x) < 5e-4 else x
-
-
-def _pct(m, s):
-    return "–" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
-
-
-def markdown_table(results: dict) -> str:
-    """Rows: losses; columns: noise levels; cells: last-epoch (best-epoch) top-1, mean ± std."""
-    g = results["grid"]
-    by = {(r["label"], r["noise"]): r for r in results["summary"]}
-    eps, cal = {}, {}
-    for r in results["runs"]:
-        if r["status"] == "complete":
-            eps.setdefault(r["label"], []).append(r["logit_bias"] or 0.0)
-            for k, v in (r["params"] or {}).items():
-                cal.setdefault(r["label"], {}).setdefault(k, []).append(v)
-    lines = [f"Test top-1 accuracy (%), mean ± std over the complete runs of seeds "
-             f"{', '.join(map(str, g['seeds']))} (n per cell): "
-             f"last epoch (best epoch). {g['dataset']}, K = {g['classes'] or 'dataset'}, "
-             f"{g['model']}, {g['epochs']} epochs.", ""]
-    head = ["loss", "ε (mean)", "parameters (mean)"] + [f"noise {n}" for n in g["noise"]]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for label in g["losses"]:
-        e = eps.get(label)
-        ps = cal.get(label, {})
-        cells = [label, f"{_zero(sum(e) / len(e)):.3f}" if e else "–",
-                 ", ".join(f"{k}={sum(v) / len(v):.4g}" for k, v in ps.items()) or "–"]
-        for n in g["noise"]:
-            s = by[(label, n)]
-            cells.append(f"{_pct(s['last_mean'], s['last_std'])} "
-                         f"({_pct(s['best_mean'], s['best_std'])}) n={s['n']}")
-        lines.append("| " + " | ".join(cells) + " |")
-    noisy = [n for n in g["noise"] if any(by[(label, n)].get("memorised_mean") is not None
-                                         for label in g["losses"])]
-    if noisy:
-        lines += ["", "Memorisation at the last epoch (%), mean over seeds: of the training samples "
-                  "whose label the noise changed, predicted as the noisy label / as the true label; "
-                  "and best − last test top-1 (points lost after the best epoch).", ""]
-        head = ["loss"] + [f"noise {n}" for n in noisy]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
-        for label in g["losses"]:
-            cells = [label]
-            for n in noisy:
-                s = by[(label, n)]
-                if s["memorised_mean"] is None:
-                    cells.append("–")
-                    continue
-                cells.append(f"{100 * s['memorised_mean']:.1f} / {100 * s['recovered_mean']:.1f} "
-                             f"(best − last {100 * s['drop_mean']:.2f})")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(out: str, results: dict) -> None:
-    from .records import write_json
-
-    write_json(os.path.join(out, "results.json"), results)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    keys = [f"{name}_{stat}" for _, name in SUMMARY_FIELDS for stat in ("mean", "std")]
-    w.writerow(["label", "noise", "n"] + keys)
-    for s in results["summary"]:
-        w.writerow([s["label"], s["noise"], s["n"]] +
-                   ["" if s.get(k) is None else f"{s[k]:.6g}" for k in keys])
-    write_atomic(os.path.join(out, "results.csv"), buf.getvalue())
-    write_atomic(os.path.join(out, "results.md"), markdown_table(results))
-    plot_results(results, os.path.join(out, "accuracy.png"))
-
-
-def plot_results(results: dict, path: str) -> None:
-    """accuracy.png through calibrate_cli.plots.plot_accuracy, or a minimal fallback."""
-    try:
-        from ..plots import plot_accuracy
-    except ImportError:
-        plot_accuracy = _plot_accuracy_fallback
-    plot_accuracy(results, path)
-
-
-def _plot_accuracy_fallback(results: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
-    noises = results["grid"]["noise"]
-    fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 4), squeeze=False)
-    colors = {}
-    for r in results["runs"]:
-        if not r["epochs"]:
-            continue
-        ax = axes[0][noises.index(r["noise"])]
-        c = colors.setdefault(r["label"], f"C{len(colors) % 10}")
-        ax.plot(r["epochs"], [100 * a for a in r["test_top1"]], color=c, alpha=0.8,
-                label=r["label"] if r["seed"] == results["grid"]["seeds"][0] else None)
-    for ax, n in zip(axes[0], noises):
-        ax.set_title(f"noise {n}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test top-1 (%)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
