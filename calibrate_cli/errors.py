@@ -60,6 +60,17 @@ OPTIONAL_PACKAGES = {
 }
 #: Commands whose optional packages come with the ``train`` extra.
 _TRAIN_COMMANDS = ("train", "validate", "measure")
+#: PyTorch's index of CPU-only builds (PyPI's Linux torch is the larger CUDA build).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def install_hint(package: str, extra: str) -> str:
+    """The commands that install ``package``: by its own name (from a wheel or anywhere), or
+    from a clone of calibrate with the extra that has it."""
+    hint = f"pip install {package}"
+    if package == "torch":
+        hint += f" (CPU only: pip install torch --index-url {TORCH_CPU_INDEX})"
+    return f"{hint}; from a clone of calibrate: pip install '.[{extra}]'"
 
 
 def missing_package(exc: ImportError, command: str | None = None) -> CalibrateError | None:
@@ -73,4 +84,4 @@ def missing_package(exc: ImportError, command: str | None = None) -> CalibrateEr
         extra = "train"  # the train extra has torch, matplotlib (and pillow) and pyyaml
     what = f"'calibrate {command}'" if command else "this command"
     return UsageError(f"{what} needs the package '{package}', which is not installed: "
-                      f"pip install 'calibrate-cli[{extra}]' (or pip install {package})")
+                      f"{install_hint(package, extra)}")

@@ -4,6 +4,10 @@ Each module in ``COMMANDS`` defines ``register(app)``. Modules must not import
 torch at import time (the calibration commands start in well under a second);
 commands that need it import it inside the function body.
 
+Bare ``calibrate`` prints :func:`usage` (the five most used commands), not the whole help.
+Help written to a pipe or a file is laid out :data:`HELP_WIDTH` columns wide, so that no
+option name is cut (a terminal gets its own width).
+
 Errors: a :class:`~calibrate_cli.errors.CalibrateError` raised anywhere under a
 command, or a usage error found by the option parser, becomes one line on
 stderr (``error: ...``) and its exit code; never a traceback. So do a missing
@@ -34,6 +38,44 @@ COMMANDS = (
     "epsilon", "q", "transfer", "curve", "losses",
     "measure", "tables", "plot", "train", "validate",
 )
+#: What bare ``calibrate`` shows: the five most used commands, an example of each.
+FIRST_COMMANDS = (
+    ("epsilon --classes 1000", "the logit bias ε of MAE, K = 1000"),
+    ("q --loss gce --from 10 --to 1000", "GCE's q carried to K = 1000"),
+    ("transfer --loss sce --param alpha --from 100 --to 1000", "any parameter of any loss"),
+    ("train", "train on embedded glyphs (torch)"),
+    ("validate --losses 'ce,mae*' --noise 0.4", "compare losses on noisy labels"),
+)
+#: Columns of help written to a pipe or a file: wide enough for every option name whole.
+HELP_WIDTH = 120
+
+
+def usage() -> str:
+    """The short usage of bare ``calibrate``: at most 80 columns."""
+    rows = [f"calibrate {example}" for example, _ in FIRST_COMMANDS]
+    col = max(len(r) for r in rows if len(r) <= 42) + 2
+    lines = ["Usage: calibrate COMMAND [OPTIONS]", "",
+             "The logit bias ε and K-dependent hyperparameters of noise-robust losses,",
+             "computed from the number of classes K.", "", "Most used:"]
+    for row, (_, what) in zip(rows, FIRST_COMMANDS):
+        lines += ([f"  {row:<{col}}{what}"] if len(row) < col else
+                  [f"  {row}", f"  {'':<{col}}{what}"])
+    lines += ["", f"All {len(COMMANDS)} commands: calibrate --help.  One command: "
+                  "calibrate COMMAND --help."]
+    return "\n".join(lines)
+
+
+def _wants_help(argv: list[str]) -> bool:
+    return any(a in ("--help", "-h") for a in argv)
+
+
+def _help_width(argv: list[str]) -> None:
+    """Help to a pipe or a file: wide enough that no option name is cut with '…'."""
+    if (_wants_help(argv) and not sys.stdout.isatty()
+            and not os.environ.get("TERMINAL_WIDTH") and not os.environ.get("COLUMNS")):
+        from typer import rich_utils
+
+        rich_utils.MAX_WIDTH = HELP_WIDTH
 
 
 def _one_line(text: str) -> str:
@@ -50,16 +92,23 @@ class _Group(TyperGroup):
 
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs.pop("standalone_mode", None)
-        command = _requested(list(sys.argv[1:] if args is None else args))
+        argv = list(sys.argv[1:] if args is None else args)
+        if not argv:  # bare 'calibrate': the short usage, once, and success
+            _echo(usage())
+            sys.exit(0)
+        command = _requested(argv)
+        _help_width(argv)
         try:
             rv = super().main(args=args, prog_name=prog_name or "calibrate",
                               standalone_mode=False, **kwargs)
         except CalibrateError as exc:
             _fail(str(exc), exc.exit_code)
-        except _NoArgsIsHelp as exc:  # bare 'calibrate': the help, and success
+        except _NoArgsIsHelp as exc:  # a group without arguments: its help, and success
             _echo(exc.ctx.get_help())
             sys.exit(0)
         except SystemExit as exc:  # click itself never exits here (standalone_mode=False)
+            if _wants_help(argv):  # rich ends help whose reader left (| head) with SystemExit
+                sys.exit(exc.code)
             _fail(f"user code called sys.exit({exc.code!r}) inside 'calibrate {command or ''}' "
                   "(a loss must return its value, not end the process); the command was "
                   "stopped", 2)

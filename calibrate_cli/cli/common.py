@@ -17,7 +17,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .._version import __version__
-from ..engine.average import DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, DRAW_BUDGET, Averager, default_samples
+from ..engine.average import (DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, DRAW_BUDGET, MIN_SAMPLES,
+                              Averager, default_samples)
 from ..errors import UsageError
 from ..engine.logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
                       load_logits)
@@ -70,9 +71,13 @@ InputShape = Annotated[Optional[str], typer.Option(
 # --------------------------------------------------------------- numerics
 Samples = Annotated[Optional[int], typer.Option(
     "--samples", rich_help_panel=NUM_PANEL, show_default=False, click_type=INT,
-    help="Monte Carlo logit vectors, for losses whose δ_k depends on more than σ_k "
-         f"(default {DEFAULT_SAMPLES} for NCE and its combinations, {DEFAULT_SAMPLES_FULL} "
-         "for NFL, biTemp and your own losses, whose cost grows with K).")]
+    help="Monte Carlo logit vectors per K, for losses whose δ_k depends on more than σ_k. "
+         f"Default {DEFAULT_SAMPLES} for the built-in ones (NCE, NFL, biTemp, RCE's clamp and "
+         f"their combinations, which reduce each draw to a few numbers), fewer above "
+         f"K ≈ {DRAW_BUDGET // DEFAULT_SAMPLES} (at most 2^{DRAW_BUDGET.bit_length() - 1} "
+         f"logits per K, at least {MIN_SAMPLES} vectors); {DEFAULT_SAMPLES_FULL} for your own "
+         "losses, which need whole vectors at every evaluation. A value given here is used "
+         "at every K.")]
 Seed = Annotated[int, typer.Option(
     "--seed", rich_help_panel=NUM_PANEL, click_type=INT,
     help="Seed of the Monte Carlo draws (an integer >= 0).")]

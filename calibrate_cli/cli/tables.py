@@ -22,7 +22,28 @@ Tables: [bold]epsilon[/] (every bounded loss, criteria match and peak, 63 K from
   calibrate tables
 
   calibrate tables --only q --out-dir /tmp/tables --jobs 2
+
+  calibrate tables --quick                    (a few rows into tables-quick/, in seconds)
 """
+
+
+#: Where the tables go: the full ones where the repository keeps them, the quick ones beside.
+OUT_DIR, QUICK_OUT_DIR = "tables", "tables-quick"
+
+
+def full_tables(folder: str, names) -> list[str]:
+    """Those of the tables ``names`` that a full run wrote into ``folder`` (their CSV header
+    names the command without --quick)."""
+    full = []
+    for name in names:
+        try:
+            with open(os.path.join(folder, f"{name}.csv"), encoding="utf-8") as fh:
+                head = [next(fh, "").strip() for _ in range(8)]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "# command: calibrate tables" in head:
+            full.append(name)
+    return full
 
 
 def register(app: typer.Typer) -> None:
@@ -30,12 +51,16 @@ def register(app: typer.Typer) -> None:
 
 
 def tables(
-    out_dir: Annotated[str, typer.Option("--out-dir", "-o", help="Folder to write to.")] = "tables",
+    out_dir: Annotated[Optional[str], typer.Option(
+        "--out-dir", "-o", show_default=False,
+        help=f"Folder to write to (default {OUT_DIR}; with --quick {QUICK_OUT_DIR}, and never "
+             "over full tables).")] = None,
     only: Annotated[Optional[list[str]], typer.Option(
         "--only", help="Compute only this table (repeatable): epsilon, q, transfer, presets.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", click_type=INT, help="Worker processes.")] = 1,
     quick: Annotated[bool, typer.Option(
-        "--quick", help="A few rows per table (checks the pipeline; not for committing).")] = False,
+        "--quick", help=f"A few rows per table, into {QUICK_OUT_DIR}/ (checks the pipeline; "
+                        "not for committing).")] = False,
 ) -> None:
     from ..tables import build as T
 
@@ -45,6 +70,13 @@ def tables(
         raise UsageError(f"--only must be one of {', '.join(T.TABLE_NAMES)}, got '{bad[0]}'")
     if not 1 <= jobs <= (os.cpu_count() or 1) * 4:
         raise UsageError(f"--jobs must be in [1, {(os.cpu_count() or 1) * 4}], got {jobs}")
+    if out_dir is None:
+        out_dir = QUICK_OUT_DIR if quick else OUT_DIR
+    full = full_tables(out_dir, names) if quick else []
+    if full:
+        raise UsageError(f"--quick would write over the full tables in '{out_dir}' "
+                         f"({', '.join(full)}); give another --out-dir (by default --quick "
+                         f"writes to {QUICK_OUT_DIR})")
     make_folder(out_dir, "--out-dir", lock=True)
 
     done: dict = {}

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from ..errors import UsageError
+from ..errors import UsageError, install_hint
 from ..utils.numbers import number_text
 
 #: Datasets ``load_dataset`` knows (kept in step with calibrate_cli/train/data.py).
@@ -169,8 +169,8 @@ def load_config_file(path: str) -> dict:
                 import yaml
             except ImportError:
                 raise UsageError("--config: reading YAML needs the package 'pyyaml', which is "
-                                 "not installed: pip install 'calibrate-cli[train]' (or pip "
-                                 "install pyyaml), or give a .json file") from None
+                                 f"not installed: {install_hint('pyyaml', 'train')}; or give "
+                                 "a .json file") from None
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)

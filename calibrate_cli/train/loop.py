@@ -52,7 +52,7 @@ import torch
 
 from .._version import __version__
 from ..utils.atomic import make_folder
-from ..errors import CalibrateError, UsageError
+from ..errors import CalibrateError, UsageError, install_hint
 from ..nn import centred_std, loss as calibrated_loss, measure_logits as measure_model_logits
 from .batches import MemoryData, _augment_kind, make_split
 from .config import TrainConfig, changed_result_fields, default_out_dir, read_saved_config
@@ -237,8 +237,8 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:
-            raise UsageError("--tensorboard needs the tensorboard package: pip install "
-                             "'calibrate-cli[tensorboard]' (or pip install tensorboard)") from None
+            raise UsageError("--tensorboard needs the package 'tensorboard', which is not "
+                             f"installed: {install_hint('tensorboard', 'tensorboard')}") from None
     if dist.enabled and cfg.batch_size < dist.world:
         raise UsageError(f"--batch-size {cfg.batch_size} is the global batch and must be at least "
                          f"the number of processes ({dist.world})")
