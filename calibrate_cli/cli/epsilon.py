@@ -83,6 +83,10 @@ def epsilon(
                           reference_classes=reference_classes, target=target, branch=branch,
                           averager=av)
     d = dist.describe()
+    from ..validity import note, quantity_of
+
+    verdict = note(quantity_of("epsilon", spec.name, criterion=r.criterion,
+                               reference_classes=r.reference_classes))
     if json_:
         c.emit_json("epsilon", {
             "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),
@@ -95,6 +99,7 @@ def epsilon(
             "method": r.method, "note": r.note or None,
             "monte_carlo": None if r.method == "exact" else {"samples": av.samples_at(r.classes),
                                                              "seed": seed},
+            "validation": verdict.record(),
         })
         return
     if r.criterion == "match":
@@ -118,4 +123,5 @@ def epsilon(
         rows.append(("other root", f"ε = {r.other_root:.6f} ({'above' if r.branch == 'below' else 'below'} the peak)"))
     if r.note:
         rows.append(("note", r.note))
+    rows.append(("in training", verdict.line))
     c.print_rows(f"logit bias ε for {spec.name} at K = {r.classes}", rows)

@@ -159,6 +159,7 @@ def train(
             return
         resume = state == "resume"
 
+    _print_validity(cfg, sys.stderr if json_ else sys.stdout)
     from ..train.loop import train as run_training
 
     command = "calibrate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -174,6 +175,29 @@ def train(
                    "best_top1": result.best_top1}
         if _is_main_process():
             typer.echo(json.dumps(summary))
+
+
+def _print_validity(cfg, stream) -> None:
+    """The validity map's verdict on the computed values this run uses, for its optimizer."""
+    from ..losses import get_loss
+    from ..validity import note, quantity_of
+
+    try:
+        loss = get_loss(cfg.loss).name
+    except UsageError:
+        return  # the trainer says what is wrong with the loss
+    quantities = []
+    if cfg.logit_bias == "auto":
+        quantities.append(("ε", quantity_of("epsilon", loss, criterion=cfg.bias_criterion), None))
+    if cfg.calibrate:
+        quantities.append((cfg.calibrate, quantity_of("transfer", loss, param=cfg.calibrate,
+                                                      reference_classes=cfg.calibrate_from),
+                           cfg.calibrate_from))
+    if _is_main_process():
+        for name, quantity, k_ref in quantities:
+            v = note(quantity, optimizer=cfg.optimizer, reference_classes=k_ref)
+            print(f"validity map, computed {name} with {cfg.optimizer}: {v.line}", file=stream,
+                  flush=True)
 
 
 def _is_main_process() -> bool:

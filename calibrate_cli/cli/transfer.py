@@ -55,6 +55,10 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
             spec, params, param, k_from, k_to))]):
         r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
     d = dist.describe()
+    from ..validity import note, quantity_of
+
+    verdict = note(quantity_of("transfer", spec.name, param=r.param, reference_classes=r.k_from),
+                   reference_classes=r.k_from)
     if json_:
         payload = {}
         if command == "q":
@@ -69,6 +73,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
             "other_roots": r.other_roots, "method": r.method, "note": r.note or None,
             "monte_carlo": None if r.method == "exact" else {"samples": av.samples_at(r.k_to),
                                                              "seed": seed},
+            "validation": verdict.record(),
         })
         c.emit_json(command, payload)
         return r
@@ -87,6 +92,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
         rows.append(("other roots", ", ".join(f"{x:.6g}" for x in r.other_roots)))
     if r.note:
         rows.append(("note", r.note))
+    rows.append(("in training", verdict.line))
     c.print_rows(f"{spec.name}: {r.param} from K = {r.k_from} to K = {r.k_to}", rows)
     return r
 

@@ -19,6 +19,10 @@ GCE_Q="q=0.02,0.05,0.075,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,0.9"
 # (1) GCE's q at the reference K = 10 (where its empirical best is taken)
 calibrate validate $C $SGD --classes 10 --noise 0.4 --seeds 0,1,2 --losses gce --sweep $GCE_Q --out runs/map/sgd-k10
 calibrate validate $C $ADAMW --classes 10 --noise 0.4 --seeds 0,1,2 --losses gce --sweep $GCE_Q --out runs/map/adamw-k10
+# the same with 100 test images per class and 6 seeds (K = 10 has 100 test images at 10 per
+# class: a run's accuracy moves in steps of 1 %, too coarse to place the best q)
+calibrate validate $C $SGD --classes 10 --test-per-class 100 --noise 0.4 --seeds 0-5 --losses gce --sweep $GCE_Q --out runs/map/sgd-k10-t100
+calibrate validate $C $ADAMW --classes 10 --test-per-class 100 --noise 0.4 --seeds 0-5 --losses gce --sweep $GCE_Q --out runs/map/adamw-k10-t100
 # (2) K = 100: CE, MAE's ε, GCE's q
 for OPT in sgd adamw; do
   O=$SGD; [ $OPT = adamw ] && O=$ADAMW
@@ -34,3 +38,16 @@ calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses mae
 # (5) K = 1000: GCE's q (SGD: the points docs/validation/k1000 lacks)
 calibrate validate $C $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7 --out runs/map/adamw-k1000
 calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.15,0.25 --out runs/map/sgd-k1000
+# (6) the transfer points: GCE's q transferred from the empirical best q at K_ref, added to the
+# sweeps above once the reference sweep is complete (`python docs/validation/map/build.py
+# missing` prints these commands; the fixed points are complete and skipped)
+#   -> the lines are recorded in each folder's grid.json ("invocations") and in TRANSFERS below
+# (7) the matched-steps budget: the reference K = 100 trained 200 epochs, as many optimizer
+# steps as K = 1000 in 20 (4000 against 3920)
+calibrate validate $C $SGD --classes 100 --epochs 200 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.1,0.2,0.3,0.4,0.5,0.7,0.9 --out runs/map/sgd-k100-200ep
+# (8) other computed values, SGD, K = 1000: GCE's logit bias (gce*), NCE+AGCE's and NF-MAE's α
+# transferred from their CIFAR-100 presets (α = 10 at K = 100)
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep eps=2,3,4,4.25,match,5,5.5,6,7 --out runs/map/sgd-k1000
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nce-agce --sweep alpha=10,50,120,140,calibrated,200,250,500,1000 --out runs/map/sgd-k1000
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nf-mae --sweep alpha=10,50,140,170,calibrated,250,300,600,1200 --out runs/map/sgd-k1000
+calibrate validate $C $ADAMW --classes 100 --epochs 200 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.1,0.2,0.3,0.4,0.5,0.7,0.9 --out runs/map/adamw-k100-200ep
