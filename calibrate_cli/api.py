@@ -30,7 +30,7 @@ from typing import Mapping
 import numpy as np
 
 from .engine.average import DRAW_BUDGET, Average, Averager, default_samples
-from .errors import UsageError
+from .errors import ArgumentTypeError, UsageError
 from .engine.logits import DEFAULT_LOGIT_STD, Gaussian, LogitDistribution
 from .losses import get_loss, resolve_params
 from .engine.solve import EpsilonResult, TransferResult, solve_epsilon, solve_transfer
@@ -39,6 +39,11 @@ from .engine.solve import EpsilonResult, TransferResult, solve_epsilon, solve_tr
 def _setup(loss, preset, params, dist, logit_std, samples, seed):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UsageError(f"seed must be an integer >= 0, got {seed!r}")
+    if dist is not None and not isinstance(dist, LogitDistribution):
+        raise ArgumentTypeError(f"dist must be a logit distribution (Gaussian(mean, std), "
+                                f"from_array(logits), load_logits(path)), got {dist!r}")
+    if params is not None and not isinstance(params, Mapping):
+        raise ArgumentTypeError(f"params must be a mapping name: value, got {params!r}")
     spec = get_loss(loss)
     values = resolve_params(spec, preset, params)
     d = dist if dist is not None else Gaussian(0.0, logit_std)
@@ -90,4 +95,10 @@ def mean_delta(z, classes: int, loss: str = "mae", *, preset: str | None = None,
                seed: int = 0) -> Average:
     r"""<δ_k>(z) at the logit value(s) ``z`` (exact for σ_k-only losses, else Monte Carlo)."""
     spec, values, d, av = _setup(loss, preset, params, dist, logit_std, samples, seed)
-    return av.mean_delta(spec, values, classes, np.asarray(z, dtype=float))
+    try:
+        zs = np.asarray(z, dtype=float)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"z must be a number or an array of numbers, got {z!r}") from None
+    if not np.all(np.isfinite(zs)):
+        raise UsageError(f"z must be finite logit values, got {z!r}")
+    return av.mean_delta(spec, values, classes, zs)

@@ -9,10 +9,43 @@ Exit codes (the README's "Errors and exit codes" lists them for users):
   your own) failed or tried to end the process;
 * 3 -- internal error (a bug; see :mod:`calibrate_cli.cli.app`);
 * 4 -- a file could not be written: the disk is full, over quota or read-only;
-* 130 -- interrupted (Ctrl-C).
+* 130 -- interrupted (Ctrl-C);
+* 141 -- the reader of stdout went away (``calibrate ... | head -1``): nothing is printed.
+
+Each error is also the matching built-in exception, so Python code catches it as usual:
+:class:`UsageError` and :class:`NoSolutionError` are ``ValueError`` (:class:`ArgumentTypeError`,
+an argument of the wrong type, is also a ``TypeError``), :class:`RunError` is a
+``RuntimeError`` and :class:`StorageError` an ``OSError``.
+
+Messages name an input as the caller gave it: the command line's option inside a command
+(``--classes``), the Python argument elsewhere (``classes``): :func:`option` says which, and
+:func:`cli_names` is the command line's context (:mod:`calibrate_cli.cli.app` enters it).
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+
+_CLI = contextvars.ContextVar("calibrate_cli_names", default=False)
+
+
+def option(cli: str, python: str | None = None) -> str:
+    """The name of an input in a message: ``cli`` (``--logit-std``) inside a command, else the
+    Python argument: ``python``, or ``cli`` without its dashes and with ``_`` for ``-``."""
+    if _CLI.get():
+        return cli
+    return python or cli.lstrip("-").replace("-", "_")
+
+
+@contextlib.contextmanager
+def cli_names():
+    """Within: messages name the command line's options (see :func:`option`)."""
+    token = _CLI.set(True)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)
 
 
 class CalibrateError(Exception):
@@ -26,25 +59,29 @@ class CalibrateError(Exception):
             self.exit_code = exit_code
 
 
-class UsageError(CalibrateError):
+class UsageError(CalibrateError, ValueError):
     """An invalid input: the message names the input and its valid range."""
 
     exit_code = 2
 
 
-class NoSolutionError(CalibrateError):
+class ArgumentTypeError(UsageError, TypeError):
+    """An input of the wrong type (a list where a tensor is expected, a bool for a number)."""
+
+
+class NoSolutionError(CalibrateError, ValueError):
     """Valid inputs, but no value in the valid range satisfies the criterion."""
 
     exit_code = 1
 
 
-class RunError(CalibrateError):
+class RunError(CalibrateError, RuntimeError):
     """Valid inputs, but the run produced no result (training diverged)."""
 
     exit_code = 1
 
 
-class StorageError(CalibrateError):
+class StorageError(CalibrateError, OSError):
     """A file could not be written: disk full, quota exceeded, read-only file system."""
 
     exit_code = 4

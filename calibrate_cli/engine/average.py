@@ -69,7 +69,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from .laplace import (V_STEP, LaplaceTransform, Representation, check_representation,
                       laplace_inverse, u_grid)
 from .logits import LogitDistribution
@@ -145,8 +145,9 @@ class Averager:
     def __init__(self, dist: LogitDistribution, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                  draw_budget: int | None = None, min_samples: int = MIN_SAMPLES,
                  reduce: bool = True, device: str | None = None):
-        if samples < 16:
-            raise UsageError(f"--samples must be at least 16, got {samples}")
+        if (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))
+                or samples < 16):
+            raise UsageError(f"{option('--samples')} must be an integer >= 16, got {samples!r}")
         self.dist = dist
         self.samples = int(samples)
         self.seed = int(seed)
@@ -313,7 +314,8 @@ class Averager:
         if total > MAX_DRAWS:
             raise UsageError(
                 f"Monte Carlo at K = {classes} with {samples} samples needs {total:.2g} "
-                f"draws (limit {MAX_DRAWS:.0e}); use --samples {max(1, MAX_DRAWS // n)} or fewer")
+                f"draws (limit {MAX_DRAWS:.0e}); use {option('--samples')} {max(1, MAX_DRAWS // n)} "
+                "or fewer")
         rows = max(1, CHUNK_ELEMS // max(n, 1)) if self._torch is None else \
             self._torch.rows_per_chunk(n)
         for i, start in enumerate(range(0, samples, rows)):
@@ -479,17 +481,15 @@ def default_samples(*specs: LossSpec) -> int:
     return DEFAULT_SAMPLES if all(s.reducible for s in specs) else DEFAULT_SAMPLES_FULL
 
 
-def check_classes(classes) -> int:
-    """K must be an integer >= 2 (and at most 10^9)."""
-    if isinstance(classes, bool):
-        raise UsageError(f"--classes must be an integer >= 2, got {classes}")
-    try:
-        k = int(classes)
-    except (TypeError, ValueError):
-        raise UsageError(f"--classes must be an integer >= 2, got {classes!r}") from None
-    if k != classes or k < 2 or k > 10**9:
-        raise UsageError(f"--classes must be an integer in [2, 10^9], got {classes}")
-    return k
+def check_classes(classes, name: str | None = None) -> int:
+    """K must be an integer >= 2 (and at most 10^9); the error names ``name`` (default: the
+    option --classes on the command line, the argument ``classes`` in Python)."""
+    number = isinstance(classes, (int, float, np.integer, np.floating)) and not isinstance(
+        classes, bool) and math.isfinite(classes)
+    if not number or int(classes) != classes or not 2 <= classes <= 10**9:
+        raise UsageError(f"{name or option('--classes')} must be an integer in [2, 10^9], "
+                         f"got {classes!r}")
+    return int(classes)
 
 
 def mean_delta(loss, params, classes, z, dist, **kwargs) -> Average:

@@ -82,7 +82,7 @@ def transfer_evaluations(loss: LossSpec, params: Mapping[str, float], param: str
     """{K: whole-vector evaluations} of ``solve_transfer``: a parameter that only weights a
     term costs one evaluation (each term is evaluated once and re-weighted); one inside a
     whole-vector term costs the scan of the parameter and the root's refinement."""
-    from .solve import _scan
+    from .param_scan import near_scan as _scan
 
     spec = loss.param(param)
     value = float(params[param])

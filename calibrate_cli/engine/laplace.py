@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .binned import MIN_ATOMS, BinnedAtoms
+
 TALBOT_ORDER = 24
 V_STEP = 0.125
 SERIES_T = 1e-3  # below t·max(Y) the Laplace transform of Y is summed as a series
@@ -171,6 +173,7 @@ class LaplaceTransform:
         self.log_m = logsumexp1(np.log(w) + x)  # ln E[Y]
         self._log_moments: list[float] | None = None
         self._lattice: dict = {}  # psi_on_lattice's values per (z, slope)
+        self._binned: BinnedAtoms | None = None  # the atoms' bins (binned.py), when many
 
     def psi(self, log_t: np.ndarray, slope: bool):
         """ψ(t) = E[1 - e^{-tY}] and (if ``slope``) E[tY e^{-tY}], Y = e^{z - mean}, at t = e^log_t.
@@ -182,7 +185,9 @@ class LaplaceTransform:
         are evaluated: below, 1 - e^{-tY} = tY (prefix sums of w·Y), above, 1 (suffix sums
         of w), both to 1e-18. That band is narrow for a wide distribution (std 10: an
         eighth of the atoms), and the evaluation runs in blocks of at most LAPLACE_CHUNK
-        numbers (``--atoms 0`` on millions of values stays in bounded memory).
+        numbers. From MIN_ATOMS atoms on (``--atoms 0`` on a measured file) the atoms are
+        binned once and each t costs a polynomial per bin instead of a term per atom
+        (:mod:`calibrate_cli.engine.binned`: O(N log N) in all, bounded memory).
         """
         x, w = self.x, self.w
         if self._log_moments is None:
@@ -205,6 +210,13 @@ class LaplaceTransform:
             ty_e[small] = T[0] - T[1] + T[2] / 2 - T[3] / 6 + T[4] / 24
         big = np.nonzero(~small)[0]
         if not len(big):
+            return psi, ty_e
+        if len(x) >= MIN_ATOMS:  # many atoms (--atoms 0): from their bins' moments
+            if self._binned is None:
+                self._binned = BinnedAtoms(x, w)
+            psi[big], part = self._binned.psi(log_t[big], slope)
+            if slope:
+                ty_e[big] = part
             return psi, ty_e
         i0 = np.searchsorted(x, math.log(1e-18) - log_t[big])  # atoms below: tY < 1e-18
         i1 = np.searchsorted(x, math.log(50.0) - log_t[big])  # atoms from here: tY >= 50

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 
 #: Default logit std: see README "Choosing the logit distribution" for the measurement.
 DEFAULT_LOGIT_STD = 0.5
@@ -38,6 +38,10 @@ DEFAULT_ATOMS = 2048
 MAX_STD = 10.0
 #: Centred measured logits beyond this are rejected (e^z would overflow in the averages).
 MAX_ABS = 300.0
+#: The largest logit bias |ε| accepted as a number (``train --logit-bias``, ``cal.nn``'s
+#: ``logit_bias``): computed biases stay below 30 up to K = 10^9, and beyond 100 the biased
+#: logit alone decides every float32 softmax.
+MAX_LOGIT_BIAS = 100.0
 
 
 class LogitDistribution:
@@ -132,9 +136,10 @@ def _gauss_rule(std: float):
 
 def check_gaussian(mean: float, std: float) -> None:
     if not (isinstance(mean, (int, float)) and math.isfinite(mean)) or abs(mean) > 1e3:
-        raise UsageError(f"--logit-mean must be a finite number in [-1000, 1000], got {mean}")
+        raise UsageError(f"{option('--logit-mean')} must be a finite number in [-1000, 1000], "
+                         f"got {mean!r}")
     if not (isinstance(std, (int, float)) and math.isfinite(std)) or not 0 < std <= MAX_STD:
-        raise UsageError(f"--logit-std must be in (0, {MAX_STD:g}], got {std}")
+        raise UsageError(f"{option('--logit-std')} must be in (0, {MAX_STD:g}], got {std!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -295,7 +300,7 @@ def from_array(arr, *, source: str = "array", atoms: int = DEFAULT_ATOMS) -> Emp
             f"{source}: a logit lies {top:.4g} from its {'row' if centering == 'rows' else 'array'} mean, "
             f"beyond the supported {MAX_ABS:g}")
     if atoms < 0:
-        raise UsageError(f"--atoms must be >= 0, got {atoms}")
+        raise UsageError(f"{option('--atoms')} must be an integer >= 0, got {atoms!r}")
     return Empirical(centred, mean=mean, source=source, centering=centering, atoms=atoms)
 
 

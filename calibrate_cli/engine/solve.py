@@ -48,8 +48,9 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from .average import Z_LIMIT, Averager, NonFiniteAverage, check_classes, default_samples
-from ..errors import NoSolutionError, UsageError
+from ..errors import NoSolutionError, UsageError, option
 from .logits import LogitDistribution
+from .param_scan import near_scan, searched_text, whole_range
 from .roots import bracketed_root
 from .window import scan_window, widen_scan
 from ..losses.registry import LossSpec, check_params
@@ -98,12 +99,10 @@ class TransferResult:
 
 
 # ------------------------------------------------------------------ helpers
-def check_k(value, option: str = "--classes") -> int:
-    """A class count (an integer in [2, 10^9]); the error names ``option``."""
-    try:
-        return check_classes(value)
-    except UsageError as exc:
-        raise UsageError(str(exc).replace("--classes", option, 1)) from None
+def check_k(value, cli: str = "--classes", python: str | None = None) -> int:
+    """A class count (an integer in [2, 10^9]); the error names the option ``cli`` on the
+    command line, the argument ``python`` (default: ``cli`` as a Python name) elsewhere."""
+    return check_classes(value, option(cli, python))
 
 
 def find_peak(loss: LossSpec, params, classes: int, averager: Averager):
@@ -214,9 +213,10 @@ def solve_epsilon(
     """
     classes = check_classes(classes)
     if criterion not in CRITERIA:
-        raise UsageError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
+        raise UsageError(f"{option('--criterion')} must be one of {', '.join(CRITERIA)}, "
+                         f"got {criterion!r}")
     if branch not in BRANCHES:
-        raise UsageError(f"--branch must be 'below' or 'above', got '{branch}'")
+        raise UsageError(f"{option('--branch')} must be 'below' or 'above', got {branch!r}")
     check_params(loss, params)
     av = averager or Averager(dist, samples=default_samples(loss))
     mu = dist.mean
@@ -256,7 +256,8 @@ def solve_epsilon(
         t, t_err = float(ref.value[0]), float(ref.error[0])
     else:
         if target is None or not math.isfinite(target):
-            raise UsageError("--criterion target needs a finite --target value")
+            raise UsageError(f"{option('--criterion')} target needs a finite {option('--target')} "
+                             f"value, got {target!r}")
         t, t_err = float(target), 0.0
 
     f = vals - t
@@ -382,20 +383,6 @@ def _no_root(loss, classes, t, zs, peak_delta, grid, vals):
 
 
 # ------------------------------------------------------------------ transfer
-def _scan(param, value_from: float, n: int = 25) -> np.ndarray:
-    lo, hi = param.low, param.high
-    span_lo = value_from * 1e-3 if value_from > 0 else -1e3
-    span_hi = value_from * 1e3 if value_from > 0 else 1e3
-    a = max(lo, span_lo) if math.isfinite(lo) else span_lo
-    b = min(hi, span_hi) if math.isfinite(hi) else span_hi
-    if a > 0 and b / a > 20:
-        grid = np.geomspace(a, b, n)
-    else:
-        grid = np.linspace(a, b, n)
-    grid = np.unique(np.append(grid, value_from))
-    return np.array([g for g in grid if param.contains(float(g))])
-
-
 def solve_transfer(
     loss: LossSpec,
     params: Mapping[str, float],
@@ -408,7 +395,7 @@ def solve_transfer(
     averager: Averager | None = None,
 ) -> TransferResult:
     """θ at ``k_to`` such that <δ_k>(at) equals its value at ``k_from`` with ``params[param]``."""
-    k_from, k_to = check_k(k_from, "--from"), check_k(k_to, "--to")
+    k_from, k_to = check_k(k_from, "--from", "k_from"), check_k(k_to, "--to", "k_to")
     spec = loss.param(param)
     if spec.flag:
         raise UsageError(f"{loss.name}: '{param}' is a 0/1 switch and cannot be transferred")
@@ -416,9 +403,9 @@ def solve_transfer(
     av = averager or Averager(dist, samples=default_samples(loss))
     z = dist.mean if at is None else float(at)
     if not math.isfinite(z):
-        raise UsageError(f"--at must be a finite logit value, got {at}")
+        raise UsageError(f"{option('--at')} must be a finite logit value, got {at!r}")
     if abs(z - dist.mean) > Z_LIMIT:
-        raise UsageError(f"--at must lie within ±{Z_LIMIT:g} of the logit mean {dist.mean:g} "
+        raise UsageError(f"{option('--at')} must lie within ±{Z_LIMIT:g} of the logit mean {dist.mean:g} "
                          f"(beyond, p = σ_k or 1 - p underflows in float64), got {at:g}")
     theta0 = float(params[param])
     ref = av.mean_delta(loss, params, k_from, z)
@@ -437,17 +424,24 @@ def solve_transfer(
         except NonFiniteAverage:
             return math.nan
 
-    grid = _scan(spec, theta0)
-    with np.errstate(all="ignore"):
-        fv = np.array([F_scan(g) for g in grid])
-    ok = np.isfinite(fv)
-    grid, fv = grid[ok], fv[ok]
+    grid, fv = np.empty(0), np.empty(0)
+    for points in (near_scan, whole_range):  # near θ_from; then, without a root, everywhere
+        more = points(spec, theta0) if points is near_scan else points(spec, grid)
+        with np.errstate(all="ignore"):
+            fm = np.array([F_scan(g) for g in more])
+        ok = np.isfinite(fm)
+        order = np.argsort(np.concatenate([grid, more[ok]]))
+        grid, fv = np.concatenate([grid, more[ok]])[order], np.concatenate([fv, fm[ok]])[order]
+        if len(grid) < 2:
+            continue
+        idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
+        if not len(idx):  # refine the scan's extrema: two roots may hide between two points
+            grid, fv = _with_extrema(F_scan, grid, fv)
+            idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
+        if len(idx):
+            break
     if len(grid) < 2:
         raise NoSolutionError(f"{loss.name}: <δ_k> is not finite over the range of {param}")
-    idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
-    if not len(idx):  # refine the scan's extrema: two roots may hide between two points
-        grid, fv = _with_extrema(F_scan, grid, fv)
-        idx = np.nonzero(np.sign(fv[:-1]) * np.sign(fv[1:]) <= 0)[0]
     roots = []
     for i in idx:
         a, b = grid[i], grid[i + 1]
@@ -458,10 +452,9 @@ def solve_transfer(
         lo, hi = float(fv.min()) + t, float(fv.max()) + t
         side = "above" if t > hi else "below"
         raise NoSolutionError(
-            f"{loss.name}: no {param} in {spec.range_text()} gives <δ_k> = {t:.6g} at K = {k_to} "
-            f"(z = {z:g}): over {param} in [{grid[0]:.4g}, {grid[-1]:.4g}] (a scan, its "
-            f"extrema refined) it stays within "
-            f"[{lo:.6g}, {hi:.6g}], the target lies {side}")
+            f"{loss.name}: no {param} gives <δ_k> = {t:.6g} at K = {k_to} (z = {z:g}): searched "
+            f"{param} in {searched_text(spec, grid)}, a scan with its extrema refined, "
+            f"<δ_k> stays within [{lo:.6g}, {hi:.6g}] and the target lies {side}")
     value = float(roots[0])
     p = dict(params)
     p[param] = value
@@ -485,6 +478,6 @@ def solve_q(k_from: int, k_to: int, dist: LogitDistribution, *, q_from: float = 
     if "q" not in spec.param_names:
         raise UsageError(f"loss '{spec.name}' has no parameter q (try gce, agce, aul or nce-agce)")
     if not q_from > 0:
-        raise UsageError(f"--q-from must be > 0, got {q_from}")
+        raise UsageError(f"{option('--q-from')} must be > 0, got {q_from!r}")
     params = resolve_params(spec, overrides={"q": q_from})
     return solve_transfer(spec, params, "q", k_from, k_to, dist, at=at, averager=averager)

@@ -12,9 +12,10 @@ look-ups by name or alias. The names of ``base.py`` stay importable from here.
 from __future__ import annotations
 
 import difflib
+import numbers
 from typing import Mapping, Sequence
 
-from ..errors import UsageError
+from ..errors import ArgumentTypeError, UsageError
 from . import specs  # noqa: F401  (declares every loss)
 from .base import (  # noqa: F401  (re-exported: importable from here as before)
     LossSpec,
@@ -74,6 +75,9 @@ def get_loss(name: str) -> LossSpec:
     ``package.module:function`` loads a user's torch loss (δ_k by autograd).
     """
     _ensure_loaded()
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"loss must be a loss name (see 'calibrate losses') or "
+                                f"package.module:function, got {name!r}")
     if ":" in name:
         from .user import user_loss
 
@@ -119,9 +123,19 @@ def resolve_params(
         values.update(get_preset(spec, preset).values)
     for key, val in (overrides or {}).items():
         spec.param(key)  # raises for an unknown name
-        values[key] = float(val)
+        values[key] = _number(spec, key, val)
     check_params(spec, values)
     return values
+
+
+def _number(spec: LossSpec, key: str, value) -> float:
+    """A parameter's value as a float: a real number or its text, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise ArgumentTypeError(f"{spec.name}: {key} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{spec.name}: {key} must be a number, got {value!r}") from None
 
 
 def check_params(spec: LossSpec, values: Mapping[str, float]) -> None:
@@ -134,6 +148,8 @@ def check_params(spec: LossSpec, values: Mapping[str, float]) -> None:
 
 
 def get_preset(spec: LossSpec, name: str) -> Preset:
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"preset must be a preset's name, got {name!r}")
     key = name.strip().lower()
     if key in spec.presets:
         return spec.presets[key]
