@@ -107,7 +107,9 @@ class Measurement:
         ext = os.path.splitext(path)[1].lower()
         if ext not in (".npz", ".npy"):
             raise UsageError(f"--out must end in .npz or .npy, got '{path}'")
-        meta = json.dumps({"meta": self.meta, "stats": self.stats}, default=float)
+        from .utils.strict_json import dumps
+
+        meta = dumps({"meta": self.meta, "stats": self.stats})
 
         def write(f):
             if ext == ".npy":
@@ -444,7 +446,11 @@ def _run(model, classes, inputs, batches, batch_size, seeds, device, progress):
         with torch.no_grad():
             for i in range(batches):
                 x = torch.from_numpy(inputs.batch(s, i, batch_size)).to(dev)
-                part.append(net(x).double().cpu().numpy())
+                z = net(x)
+                if z.dim() != 2 or z.shape[1] != classes:  # the logits of another K: refused
+                    raise UsageError(f"{model} gives outputs of shape {tuple(z.shape)}, not "
+                                     f"[{batch_size}, {classes}] for K = {classes}")
+                part.append(z.double().cpu().numpy())
                 if progress is not None:
                     progress(s, i)
         part = np.concatenate(part)

@@ -17,7 +17,10 @@ optional package (named with the extra to install), a full disk, and user code
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
+import io
 import os
 import sys
 
@@ -32,7 +35,7 @@ except ImportError:  # pragma: no cover - older typer on the system click
     from click import echo as _echo
 
 from .._version import __version__
-from ..errors import CalibrateError, missing_package
+from ..errors import CalibrateError, cli_names, missing_package
 
 COMMANDS = (
     "epsilon", "q", "transfer", "curve", "losses",
@@ -90,17 +93,33 @@ class _Group(TyperGroup):
             c for c in self.commands if c not in COMMANDS
         ]
 
+    def make_context(self, *args, **kwargs):  # the group's --help is printed here
+        with _stdout_guard():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):  # a command, its --help and its output
+        with _stdout_guard():
+            return super().invoke(ctx)
+
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs.pop("standalone_mode", None)
         argv = list(sys.argv[1:] if args is None else args)
+        if sys.stdout is None:  # started with stdout closed (>&-): printing says so
+            sys.stdout = _ClosedStdout()
         if not argv:  # bare 'calibrate': the short usage, once, and success
-            _echo(usage())
+            with _stdout_guard(quiet=True):
+                _echo(usage())
             sys.exit(0)
         command = _requested(argv)
         _help_width(argv)
         try:
-            rv = super().main(args=args, prog_name=prog_name or "calibrate",
-                              standalone_mode=False, **kwargs)
+            with cli_names():  # messages name the options (--classes), not Python arguments
+                rv = super().main(args=args, prog_name=prog_name or "calibrate",
+                                  standalone_mode=False, **kwargs)
+        except _ReaderGone:  # `calibrate ... | head -1`: the reader has what it wanted
+            _reader_gone()
+        except _StdoutFailed as exc:
+            _fail(str(exc), 4)
         except CalibrateError as exc:
             _fail(str(exc), exc.exit_code)
         except _NoArgsIsHelp as exc:  # a group without arguments: its help, and success
@@ -119,7 +138,9 @@ class _Group(TyperGroup):
             _fail(exc.format_message(), exc.exit_code)
         except typer.Abort:
             _fail("aborted", 130)
-        except (BrokenPipeError, KeyboardInterrupt):
+        except BrokenPipeError:
+            _reader_gone()
+        except KeyboardInterrupt:
             sys.exit(130)
         except Exception as exc:  # a bug: still one line unless debugging
             if os.environ.get("CALIBRATE_DEBUG"):
@@ -146,8 +167,86 @@ _NoArgsIsHelp = getattr(click, "NoArgsIsHelpError", _Never)
 
 
 def _fail(message: str, code: int) -> None:
-    _echo(f"error: {_one_line(message)}", err=True)
+    try:
+        _echo(f"error: {_one_line(message)}", err=True)
+    except (OSError, ValueError):  # stderr closed or full: the exit code still says it
+        pass
     sys.exit(code)
+
+
+# ------------------------------------------------------------ a closed or full stdout
+#: Exit code when the reader of stdout went away (128 + SIGPIPE, what a shell reports).
+READER_GONE = 141
+
+
+class _ReaderGone(Exception):
+    """stdout's reader closed the pipe (``| head``): not an error of the command."""
+
+
+class _StdoutFailed(Exception):
+    """stdout cannot be written (closed, a full disk): one line on stderr, exit 4."""
+
+
+class _ClosedStdout(io.TextIOBase):
+    """What sys.stdout is when the process was started with it closed: writing fails."""
+
+    encoding, errors = "utf-8", "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+
+@contextlib.contextmanager
+def _stdout_guard(quiet: bool = False):
+    """Errors writing stdout become :class:`_ReaderGone` (the pipe's reader left) or
+    :class:`_StdoutFailed` (closed, full), before click turns the first into ``sys.exit(1)``
+    and the others into a traceback. A full disk under a file write is a StorageError
+    already (:func:`~calibrate_cli.utils.atomic.write_atomic`) and passes through."""
+    try:
+        yield
+    except SystemExit as exc:  # rich ends output whose pipe closed with SystemExit(1)
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or tb.tb_frame.f_code.co_name != "on_broken_pipe":
+            raise
+        if quiet:
+            _reader_gone()
+        raise _ReaderGone() from None
+    except OSError as exc:
+        if isinstance(exc, CalibrateError) or exc.errno not in _STDOUT_ERRNOS:
+            raise
+        if exc.errno == errno.EPIPE:
+            if quiet:
+                _reader_gone()
+            raise _ReaderGone() from None
+        from ..utils.atomic import _storage_error
+
+        why = _storage_error("stdout", exc)
+        text = (str(why) if why is not None else
+                f"cannot write the output to stdout: {exc.strerror or exc} (start the command "
+                "with stdout open, or redirect it to a file or /dev/null)")
+        if quiet:
+            _fail(text, 4)
+        raise _StdoutFailed(text) from None
+
+
+_STDOUT_ERRNOS = {errno.EPIPE, errno.EBADF, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
+                  errno.EFBIG, errno.EIO}
+
+
+def _reader_gone() -> None:
+    """Exit quietly with :data:`READER_GONE`; stdout points to /dev/null first, so that the
+    interpreter's final flush does not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's stream)
+        pass
+    sys.exit(READER_GONE)
 
 
 def _version(value: bool) -> None:

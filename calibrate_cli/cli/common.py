@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 import sys
 from typing import Annotated, Any, Optional
@@ -19,7 +18,7 @@ import typer
 from .._version import __version__
 from ..engine.average import (DEFAULT_SAMPLES, DEFAULT_SAMPLES_FULL, DRAW_BUDGET, MIN_SAMPLES,
                               Averager, default_samples)
-from ..errors import UsageError
+from ..errors import NoSolutionError, UsageError
 from ..engine.logits import (DEFAULT_ATOMS, DEFAULT_LOGIT_STD, MAX_STD, Gaussian, LogitDistribution,
                       load_logits)
 from ..losses import get_loss, parse_assignments, resolve_params
@@ -266,23 +265,22 @@ def say(text: str) -> None:
     typer.echo(text, err=True)
 
 
-def _clean(x: Any) -> Any:
-    """JSON-safe values: numpy scalars to floats, non-finite floats to null."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "tolist"):
-        return _clean(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def emit_json(command: str, payload: dict) -> None:
+    """One strict JSON object on stdout (:mod:`calibrate_cli.utils.strict_json`)."""
+    from ..utils.strict_json import dumps
+
     obj = {"tool": "calibrate", "version": __version__, "command": command}
     obj.update(payload)
-    sys.stdout.write(json.dumps(_clean(obj), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(dumps(obj, indent=2) + "\n")
+
+
+def trusted(value: float, error: float, what: str) -> None:
+    """A result whose error estimate is not finite is no result (exit 1), not "± inf"."""
+    if not math.isfinite(error):
+        raise NoSolutionError(
+            f"{what} = {value:.6g} was found, but its error estimate is not finite (<δ_k> is "
+            "flat at the root, or its Monte Carlo standard error overflows), so the value is "
+            "not determined; try other parameters, fewer classes or more --samples")
 
 
 def emit_csv(header: list[str], rows: list[list[Any]]) -> None:

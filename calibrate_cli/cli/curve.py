@@ -148,6 +148,9 @@ def curve(
                 else:
                     eps = 0.0 if eps_opt == "none" else float(eps_opt)
                 a = av.mean_delta(spec, params, k, z + eps)
+                bad = ~np.isfinite(a.error)
+                if bad.any():
+                    c.trusted(float(a.value[bad][0]), math.inf, f"<δ_k> of {spec.name} at K = {k}")
                 at_mu = av.mean_delta(spec, params, k, np.array([mu, mu + eps]))
                 curves.append({
                     "loss": spec.name, "params": params, "preset": c.preset_record(spec, preset),

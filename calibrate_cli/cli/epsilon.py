@@ -82,6 +82,7 @@ def epsilon(
         r = solve_epsilon(spec, params, classes, dist, criterion=criterion,
                           reference_classes=reference_classes, target=target, branch=branch,
                           averager=av)
+    c.trusted(r.epsilon, r.error, "ε")
     d = dist.describe()
     from ..validity import note, quantity_of
 

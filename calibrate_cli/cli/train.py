@@ -7,7 +7,6 @@ only the options given on the command line override the dataset protocol and
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -16,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
+from ..utils import strict_json
 from .params import INT
 
 DATA, MODEL, LOSS, OPT, RUN = "Data and noise", "Model", "Loss", "Optimisation", "Run"
@@ -145,7 +145,7 @@ def train(
         cli_values["loss_params"] = merged
     cfg = resolve_config(file_values=file_values, cli_values=cli_values, base=base)
     if print_config:
-        typer.echo(json.dumps(cfg.to_dict(), indent=2))
+        typer.echo(strict_json.dumps(cfg.to_dict(), indent=2))
         return
     if continue_:
         from ..train.provenance import continue_state
@@ -174,7 +174,7 @@ def train(
                    "epochs": len(result.history), "last_top1": result.last_top1,
                    "best_top1": result.best_top1}
         if _is_main_process():
-            typer.echo(json.dumps(summary))
+            typer.echo(strict_json.dumps(summary))
 
 
 def _print_validity(cfg, stream) -> None:

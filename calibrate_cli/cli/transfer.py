@@ -54,6 +54,7 @@ def run_transfer(command: str, *, loss: str, preset, set_, param: str, k_from: i
     with c.monte_carlo_work(av, [(spec, params, lambda: transfer_evaluations(
             spec, params, param, k_from, k_to))]):
         r = solve_transfer(spec, params, param, k_from, k_to, dist, at=at, averager=av)
+    c.trusted(r.value, r.error, r.param)
     d = dist.describe()
     from ..validity import note, quantity_of
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from typing import Annotated, Optional
@@ -10,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
+from ..utils import strict_json
 from .params import INT
 
 GRID, DATA, OPT, RUN = "Grid", "Data", "Training (every run)", "Run"
@@ -118,7 +118,8 @@ def validate(
         if emit_commands:
             return
         if json_:
-            typer.echo(json.dumps({"out": out, "points": res["points"], "report": res["report"]}))
+            typer.echo(strict_json.dumps({"out": out, "points": res["points"],
+                                          "report": res["report"]}))
         else:
             typer.echo(sweep_markdown(res), nl=False)
         return
@@ -127,6 +128,6 @@ def validate(
     if emit_commands:
         return
     if json_:
-        typer.echo(json.dumps({"out": out, "summary": results["summary"]}))
+        typer.echo(strict_json.dumps({"out": out, "summary": results["summary"]}))
     else:
         typer.echo(markdown_table(results), nl=False)

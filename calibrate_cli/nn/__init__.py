@@ -68,7 +68,7 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
          calibrate: Mapping[str, int] | str | None = None, criterion: str = "match",
          branch: str = "below", reference_classes: int = 10, reduction: str = "mean",
          samples: int | None = None, seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
-         batches: int = 4, forward: Callable | None = None,
+         batches: int = 4, forward: Callable | None = None, ignore_index: int = -100,
          **param_values: float) -> CalibratedLoss:
     """The loss ``name`` (registry name, alias, ``package.module:function`` or a
     :class:`LossSpec`) as a module; the arguments are :class:`CalibratedLoss`'s.
@@ -83,7 +83,7 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
               calibrate=calibrate, criterion=criterion, branch=branch,
               reference_classes=reference_classes,
               reduction=reduction, samples=samples, seed=seed, model=model, loader=loader,
-              batches=batches, forward=forward, **param_values)
+              batches=batches, forward=forward, ignore_index=ignore_index, **param_values)
     registered = {s.name: s for s in list_losses()}
     if registered.get(spec.name) is spec:
         return loss_class(spec.name)(classes, **kw)

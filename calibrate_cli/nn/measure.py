@@ -2,10 +2,18 @@
 
 The same code measures for ``calibrate train`` (its "logit std at initialisation") and for
 :class:`calibrate_cli.nn.CalibratedLoss` (``logit_std="measure"``, ``.calibrate(model, loader)``).
+
+A measurement leaves no trace: the model's buffers and mode are restored, and so are torch's
+random number generators (CPU, every CUDA device already initialised) and the generator of the
+loader and of its sampler, so that a seeded run draws the same batches, dropout masks and
+augmentations whether it measured first or not. The model's output must be logits [N, K] (or
+[..., K], flattened to rows), with K = ``classes`` when given: a model with the wrong number
+of outputs would give an ε for another K.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from typing import Any, Callable, Iterable, Mapping
@@ -13,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import ArgumentTypeError, UsageError
 from ..engine.logits import centre_rows
 
 __all__ = ["measure_logits", "measure_logit_std", "centred_std"]
@@ -59,9 +67,50 @@ def _as_logits(out) -> torch.Tensor:
                      "pass forward=lambda model, batch: <logits tensor>")
 
 
+def _generators(loader) -> list:
+    """The torch.Generator objects a loader draws from: its own, its sampler's and its batch
+    sampler's sampler's (a DataLoader with shuffle=True and a generator)."""
+    found = []
+    for owner in (loader, getattr(loader, "sampler", None),
+                  getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not f for f in found):
+            found.append(g)
+    return found
+
+
+@contextlib.contextmanager
+def kept_random_state(loader=None):
+    """Within: draw as much as you like; afterwards torch's CPU generator, the CUDA generators
+    (of devices already initialised) and ``loader``'s generators are as they were."""
+    cpu = torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    owned = [(g, g.get_state()) for g in _generators(loader)]
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        for g, state in owned:
+            g.set_state(state)
+
+
+def _check_logits(z, classes: int | None) -> None:
+    if not isinstance(z, torch.Tensor):
+        raise ArgumentTypeError(f"the model's output holds no logits tensor ({type(z).__name__}); "
+                                "pass forward=lambda model, batch: <logits tensor>")
+    if z.dim() < 2 or z.shape[-1] < 2:
+        raise UsageError(f"the model's logits must have shape [N, K] with K >= 2 classes, got "
+                         f"{tuple(z.shape)}")
+    if classes is not None and z.shape[-1] != classes:
+        raise UsageError(f"the model has {z.shape[-1]} outputs, the loss is for classes={classes}: "
+                         "its logits would give the numbers of another K")
+
+
 @torch.no_grad()
 def measure_logits(model: torch.nn.Module, loader: Iterable, batches: int = 4, *,
-                   forward: Callable | None = None) -> np.ndarray:
+                   forward: Callable | None = None, classes: int | None = None) -> np.ndarray:
     """The model's logits [N, K] (float64) on the first ``batches`` batches of ``loader``.
 
     As at the start of training: train mode (dropout on, batch norm on batch statistics),
@@ -69,19 +118,29 @@ def measure_logits(model: torch.nn.Module, loader: Iterable, batches: int = 4, *
     the mode set back, so training starts from the same state. ``forward(model, batch)``
     returns the logits of a batch (default: the batch itself, its first item, or
     ``model(**batch)`` without its labels; ``.logits`` of the output is used when it has one).
-    Outputs with more than two dimensions are flattened to [-1, K].
+    Outputs with more than two dimensions are flattened to [-1, K]; with ``classes`` given, K
+    must equal it. torch's random state and the loader's generators are restored afterwards
+    (:func:`kept_random_state`).
     """
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise UsageError(f"batches must be an integer >= 1, got {batches!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if classes is not None:
+        from ..engine.average import check_classes
+
+        classes = check_classes(classes)
     call = forward or _default_forward
     saved = {name: b.detach().clone() for name, b in model.named_buffers()}
     was_training = model.training
     model.train()
     out = []
     try:
-        for batch in itertools.islice(loader, batches):
-            z = _as_logits(call(model, batch))
-            out.append(z.reshape(-1, z.shape[-1]).float().cpu())
+        with kept_random_state(loader):
+            for batch in itertools.islice(loader, batches):
+                z = _as_logits(call(model, batch))
+                _check_logits(z, classes)
+                out.append(z.reshape(-1, z.shape[-1]).float().cpu())
     finally:
         for name, b in model.named_buffers():
             if name in saved:
@@ -109,8 +168,8 @@ def _from_rank0(value):
     return value
 
 
-def _measure(model, loader, batches, forward, broadcast) -> tuple[float, int]:
-    z = measure_logits(model, loader, batches, forward=forward)
+def _measure(model, loader, batches, forward, broadcast, classes=None) -> tuple[float, int]:
+    z = measure_logits(model, loader, batches, forward=forward, classes=classes)
     s, n = centred_std(z), int(z.shape[0])
     if broadcast:
         s, n = _from_rank0((s, n))
@@ -121,12 +180,14 @@ def _measure(model, loader, batches, forward, broadcast) -> tuple[float, int]:
 
 
 def measure_logit_std(model: torch.nn.Module, loader: Iterable, batches: int = 4, *,
-                      forward: Callable | None = None, broadcast: bool = True) -> float:
+                      forward: Callable | None = None, broadcast: bool = True,
+                      classes: int | None = None) -> float:
     """The std of the model's row-centred logits on the first ``batches`` batches
     (:func:`measure_logits`, :func:`centred_std`): ``calibrate train``'s measurement.
 
     Under ``torch.distributed`` (an initialised process group) every process must call it;
     all of them get rank 0's value (``broadcast=False``: each its own), so that every
-    process trains with the same ε.
+    process trains with the same ε. ``classes``: the K the logits must have (the model's
+    outputs are checked against it).
     """
-    return _measure(model, loader, batches, forward, broadcast)[0]
+    return _measure(model, loader, batches, forward, broadcast, classes)[0]

@@ -13,6 +13,7 @@ from ..engine.logits import DEFAULT_LOGIT_STD, Gaussian
 from ..losses import get_loss, get_preset, list_losses, resolve_params
 from ..losses.base import LossSpec
 from ..engine.solve import solve_epsilon, solve_transfer
+from .checks import check_arguments, check_inputs, check_state, parse_bias, parse_std, probe
 from .measure import _measure
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -33,18 +34,6 @@ def add_logit_bias(logits: torch.Tensor, target: torch.Tensor, epsilon: float) -
 
 # --------------------------------------------------------------------- the module
 
-def _parse_bias(value) -> float | str:
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        eps = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"logit_bias must be 'auto' or a number, got {value!r}") from None
-    if not math.isfinite(eps):
-        raise UsageError(f"logit_bias must be finite, got {value!r}")
-    return eps
-
-
 def _parse_calibrate(spec: LossSpec, calibrate, preset: str | None) -> tuple[str, int] | None:
     """``{"q": 100}`` (the parameter and the K its value holds for) or ``"q"`` (the preset's K)."""
     if calibrate is None:
@@ -58,7 +47,7 @@ def _parse_calibrate(spec: LossSpec, calibrate, preset: str | None) -> tuple[str
     if isinstance(calibrate, Mapping) and len(calibrate) == 1:
         (name, k_from), = calibrate.items()
         spec.param(name)
-        return str(name), check_classes(k_from)
+        return str(name), check_classes(k_from, f"calibrate[{name!r}]")
     raise UsageError(f"calibrate must be {{'param': K_from}} with one parameter, or a parameter "
                      f"name (with a preset), got {calibrate!r}")
 
@@ -83,7 +72,11 @@ class CalibratedLoss(torch.nn.Module):
         criterion: ``"match"`` (default) or ``"peak"``, as ``calibrate epsilon --criterion``;
             ``reference_classes`` is match's K_ref (10), ``branch`` its root (``"below"`` the
             peak of <δ_k>(z), the default, or ``"above"``).
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample [N]).
+        reduction: ``"mean"`` (default: over the samples kept), ``"sum"`` or ``"none"``
+            (per-sample [N]).
+        ignore_index: a target value whose samples are skipped, as in
+            ``torch.nn.CrossEntropyLoss`` (default -100, what Hugging Face pads labels with):
+            their loss is 0 and ``"mean"`` divides by the number kept (NaN when none is).
         samples, seed: Monte Carlo settings of the engine for losses it cannot average exactly.
         model, loader, batches, forward: for ``logit_std="measure"``, see :func:`measure_logits`.
 
@@ -101,7 +94,8 @@ class CalibratedLoss(torch.nn.Module):
                  branch: str = "below", reference_classes: int = 10, reduction: str = "mean",
                  samples: int | None = None,
                  seed: int = 0, model: torch.nn.Module | None = None, loader: Iterable | None = None,
-                 batches: int = 4, forward: Callable | None = None, **param_values: float):
+                 batches: int = 4, forward: Callable | None = None, ignore_index: int = -100,
+                 **param_values: float):
         super().__init__()
         if loss is None:
             loss = self.loss_name
@@ -120,11 +114,13 @@ class CalibratedLoss(torch.nn.Module):
         self.spec = spec
         self.reduction = reduction
         self.criterion, self.branch = criterion, branch
-        self.reference_classes = int(reference_classes)
-        self.samples, self.seed = samples, int(seed)
+        (self.reference_classes, self.samples, self.seed,
+         self.ignore_index) = check_arguments(reference_classes, samples, seed, ignore_index)
         self.preset = preset
+        if params is not None and not isinstance(params, Mapping):
+            raise UsageError(f"params must be a mapping name: value, got {params!r}")
         self.base_params = resolve_params(spec, preset, {**(params or {}), **param_values})
-        self.logit_bias = _parse_bias(logit_bias)
+        self.logit_bias = parse_bias(logit_bias)
         self._calibrate = _parse_calibrate(spec, calibrate, preset)
         need = self.logit_bias == "auto" or self._calibrate is not None
         if classes is not None or need:
@@ -152,12 +148,7 @@ class CalibratedLoss(torch.nn.Module):
         if logit_std is None:
             s, source = DEFAULT_LOGIT_STD, "default (as calibrate epsilon)"
         else:
-            try:
-                s = float(logit_std)
-            except (TypeError, ValueError):
-                raise UsageError(f"logit_std must be a positive number or 'measure', "
-                                 f"got {logit_std!r}") from None
-            source = "given"
+            s, source = parse_std(logit_std), "given"
         self._solve(s, source)
 
     # ............................................................... calibration
@@ -205,33 +196,31 @@ class CalibratedLoss(torch.nn.Module):
         """Measure the logit std on the first ``batches`` batches (:func:`measure_logit_std`)
         and solve ε and the calibrated parameter for it. Call it before training, on every
         process of a distributed job (rank 0's measurement is used). Returns the module."""
-        s, n = _measure(model, loader, batches, forward, broadcast)
+        s, n = _measure(model, loader, batches, forward, broadcast, classes=self.classes)
         self._solve(s, f"measured on {n} samples ({batches} batches, train mode)")
         return self
 
     def _build(self) -> None:
-        self._fn = self.spec.torch_loss(self.params)
+        if self.spec.name not in {s.name for s in list_losses()}:  # a user's own loss: as is
+            self._fn = self.spec.torch_loss(self.params)
+            return
+        self._fn = probe(lambda: self.spec.torch_loss(self.params), self.params,
+                         self.epsilon if math.isfinite(self.epsilon) else 0.0, self.classes,
+                         self.spec.name)
 
     # .................................................................... forward
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self._fn is None:
             raise RuntimeError(f"{type(self).__name__}: logit_std='measure' and not yet measured; "
                                "call .calibrate(model, loader) before training")
-        if logits.dim() != 2:
-            raise ValueError(f"logits must have shape [N, K], got {tuple(logits.shape)}")
-        if self.classes is not None and logits.shape[1] != self.classes:
-            raise ValueError(f"logits have {logits.shape[1]} classes, the loss was set up for "
-                             f"classes={self.classes}")
-        if target.dim() != 1 or target.shape[0] != logits.shape[0] or target.is_floating_point():
-            raise ValueError(f"target must be class indices of shape [{logits.shape[0]}], got "
-                             f"{target.dtype} of shape {tuple(target.shape)} (soft targets are "
-                             "not supported)")
+        keep = check_inputs(logits, target, self.classes, self.ignore_index)
+        target = torch.where(keep, target, torch.zeros_like(target))  # ignored: any valid class
         z = logits.float() if logits.dtype in _HALF else logits
         if self.epsilon != 0.0:
             z = add_logit_bias(z, target, self.epsilon)
-        per = self._fn(z, target)
+        per = torch.where(keep, self._fn(z, target), 0.0)  # ignored samples add nothing
         if self.reduction == "mean":
-            return per.mean()
+            return per.sum() / keep.sum()
         if self.reduction == "sum":
             return per.sum()
         return per
@@ -244,7 +233,7 @@ class CalibratedLoss(torch.nn.Module):
                 "epsilon": self.epsilon if ready else None, "logit_bias": self.logit_bias,
                 "logit_std": self.logit_std, "logit_std_source": self.logit_std_source,
                 "calibrated": self.calibrated, "epsilon_info": self.epsilon_info,
-                "reduction": self.reduction}
+                "reduction": self.reduction, "ignore_index": self.ignore_index}
 
     def extra_repr(self) -> str:
         parts = [] if self.classes is None else [f"classes={self.classes}"]
@@ -270,18 +259,23 @@ class CalibratedLoss(torch.nn.Module):
         return {**self.to_dict(), "ready": self._fn is not None}
 
     def set_extra_state(self, state: dict) -> None:
-        if state.get("loss") != self.spec.name:
-            raise UsageError(f"the saved loss is {state.get('loss')!r}, this one {self.spec.name!r}")
-        if not state.get("ready"):
+        """Restore what :meth:`get_extra_state` saved, each field checked as the constructor
+        checks its arguments (a NaN ε or a parameter out of range is refused, nothing is
+        changed)."""
+        if isinstance(state, Mapping) and state.get("loss") == self.spec.name \
+                and not state.get("ready"):
             return  # saved before it was measured: nothing to restore
-        if state.get("classes") != self.classes:
-            raise UsageError(f"the saved loss is for classes={state.get('classes')}, this one for "
-                             f"classes={self.classes}")
+        state = check_state(state, self.spec, self.classes)
+        saved = {k: getattr(self, k) for k in self._STATE}
         for k in self._STATE:
             setattr(self, k, state.get(k))
         self.params = dict(self.params)
-        self.epsilon = float(self.epsilon)
-        self._build()
+        try:
+            self._build()
+        except UsageError:
+            for k, v in saved.items():
+                setattr(self, k, v)
+            raise
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -311,8 +311,11 @@ def parse_logit_bias(value: Any) -> float | str:
         eps = float(key)
     except ValueError:
         raise UsageError(f"--logit-bias must be a number or 'auto', got {value!r}") from None
-    if not math.isfinite(eps) or abs(eps) > 100:
-        raise UsageError(f"--logit-bias must be a finite number in [-100, 100] or 'auto', got {value!r}")
+    from ..engine.logits import MAX_LOGIT_BIAS
+
+    if not math.isfinite(eps) or abs(eps) > MAX_LOGIT_BIAS:
+        raise UsageError(f"--logit-bias must be a finite number in [-{MAX_LOGIT_BIAS:g}, "
+                         f"{MAX_LOGIT_BIAS:g}] or 'auto', got {value!r}")
     return eps
 
 

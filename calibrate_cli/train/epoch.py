@@ -74,7 +74,7 @@ def train_epoch(learner: Learner, data, cfg: TrainConfig, dist: Dist, device: to
         z = logits.float()
         per = learner.loss_fn(z, y)
         loss = per.sum() * (dist.world / n_global)
-        learner.guard.check(loss, epoch, step)
+        learner.guard.check(loss, epoch, step, logits=z)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -88,14 +88,15 @@ def train_epoch(learner: Learner, data, cfg: TrainConfig, dist: Dist, device: to
             scaler.update()
         else:
             optimizer.step()
-        with torch.no_grad():  # per-batch sums in fp32, accumulated in fp64
-            zd = z.detach()
+        with torch.no_grad():  # per-batch sums in the statistics' precision (fp64 but on MPS):
+            zd = z.detach()  # logits far beyond 1e19 still give finite squares
             pred = zd.argmax(1)
+            zd = zd.to(stat_dtype)
             zc = zd.gather(1, y[:, None])
             changed = y != yc  # labels the noise moved
             seen += y.numel()
             acc[1:] += torch.stack([
-                per.detach().sum(), (pred == y).sum(dtype=torch.float32),
+                per.detach().sum().to(stat_dtype), (pred == y).sum(dtype=torch.float32),
                 (pred == yc).sum(dtype=torch.float32), zc.sum(), zc.square().sum(),
                 zd.sum(), zd.square().sum(), changed.sum(dtype=torch.float32),
                 (changed & (pred == y)).sum(dtype=torch.float32),

@@ -236,7 +236,7 @@ def _all_classes() -> tuple[int, ...]:
     try:
         from ..utils.atomic import write_atomic
 
-        write_atomic(cached, json.dumps(class_list_record(kept, key)) + "\n")
+        write_atomic(cached, json.dumps(class_list_record(kept, key), allow_nan=False) + "\n")
     except Exception:  # an unwritable cache costs the computation next time, nothing more
         pass
     return kept
@@ -375,5 +375,5 @@ if __name__ == "__main__":  # python -m calibrate_cli.train.glyphs: rewrite the 
     _key = class_list_key()
     _kept = _compute_classes()
     with open(_SHIPPED, "w", encoding="utf-8") as _fh:
-        _fh.write(json.dumps(class_list_record(_kept, _key)) + "\n")
+        _fh.write(json.dumps(class_list_record(_kept, _key), allow_nan=False) + "\n")
     print(f"{_SHIPPED}: {len(_kept)} classes, key {_key}")

@@ -110,13 +110,14 @@ def check_labels(labels: np.ndarray, classes: int, what: str) -> None:
 # ---------------------------------------------------------------------- measuring
 
 def measure_logits(model: torch.nn.Module, data, batch: int, batches: int,
-                   dist: Dist) -> np.ndarray:
+                   dist: Dist, classes: int | None = None) -> np.ndarray:
     """Logits [N, K] of the model as it is now on the first ``batches`` training batches in
-    file order, by :func:`calibrate_cli.nn.measure_logits` (train mode, buffers restored)."""
+    file order, by :func:`calibrate_cli.nn.measure_logits` (train mode, buffers and random
+    state restored; K = ``classes`` checked when given)."""
     order = torch.arange(min(data.n, batch * batches))
     one = Dist()  # every process measures the same batches
     return measure_model_logits(model, data.batches(torch.split(order, batch), one, "none", None),
-                                batches)
+                                batches, classes=classes)
 
 
 def derive_loss_settings(cfg: TrainConfig, spec, params: dict, classes: int,
@@ -312,7 +313,8 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
         with slow_step("measuring the initial logits and solving for the loss settings"):
             derived = derive_loss_settings(
                 cfg, spec, params, K,
-                lambda: measure_logits(model, train_data, local_batch, cfg.measure_batches, dist),
+                lambda: measure_logits(model, train_data, local_batch, cfg.measure_batches, dist,
+                                       classes=K),
                 log)
         if dist.enabled:  # every process trains with rank 0's numbers
             import torch.distributed as tdist
@@ -320,13 +322,13 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
             box = [derived]
             tdist.broadcast_object_list(box, src=0)
             derived = box[0]
+    epsilon = float(derived["epsilon"])
+    loss_fn = calibrated_loss(spec, K, logit_bias=epsilon, params=derived["params"],
+                              reduction="none")  # per sample: L(z + ε·onehot(y), y)
     if dist.main:  # every input checked: now the run folder is made, locked and written
         make_folder(out, "--out")
         lock.take(out, lambda: prepare_out_dir(cfg, resume))
         save_noisy_labels(os.path.join(out, "noisy_labels.npz"), noise)
-    epsilon = float(derived["epsilon"])
-    loss_fn = calibrated_loss(spec, K, logit_bias=epsilon, params=derived["params"],
-                              reduction="none")  # per sample: L(z + ε·onehot(y), y)
 
     if cfg.sync_bn and dist.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -384,7 +386,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
                     g["lr"] = lr
                 row = train_epoch(learner, train_data, cfg, dist, device, epoch=epoch, lr=lr,
                                   aug=aug, classes=K, bar=bar)
-                guard.epoch_end(row["train_loss"], epoch, core)
+                guard.epoch_end(row["train_loss"], epoch, core, row)
                 for name, data in [("test", test_data)] + list(extra_eval.items()):
                     t1, t5 = evaluate(model, data, cfg.eval_batch_size, dist, autocast)
                     row[f"{name}_top1"], row[f"{name}_top5"] = t1, t5

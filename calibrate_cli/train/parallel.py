@@ -15,6 +15,11 @@ without a chance to stop its workers (``kill -9``, SIGTERM) is noticed by each w
 a second: the worker interrupts its run the same way (its completed epochs saved) and exits,
 instead of training on as an orphan that a re-run of the grid would find holding the run's
 folder.
+
+A worker that dies (``kill -9``, the out-of-memory killer) ends the grid with one line saying
+so and how to resume (a :class:`~calibrate_cli.errors.RunError`, exit 1): every run's completed
+epochs are on disk (each epoch is written atomically), and the run it was training resumes
+from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -114,6 +119,13 @@ def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=Non
     """Train (or resume) each ``(tag, config)`` of ``todo``; ``jobs`` at a time."""
     if not todo:
         return
+    from .threads import available_cpus
+
+    cpus = len(available_cpus())
+    if int(jobs) > max(cpus, 1) and len(todo) > cpus:  # one process per CPU at most
+        log(f"--jobs {jobs} is more than the {cpus} CPUs this process may run on; "
+            f"training {cpus} runs at a time")
+        jobs = cpus
     jobs = max(1, min(int(jobs), len(todo)))
     if jobs == 1:
         from .loop import train
@@ -129,10 +141,17 @@ def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=Non
 
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    threads = todo[0][1].threads or default_threads(jobs)
-    todo = [(tag, dataclasses.replace(cfg, threads=cfg.threads or threads)) for tag, cfg in todo]
-    log(f"training {len(todo)} runs, {jobs} at a time, {threads} thread(s) each")
+    from ..errors import RunError
+
+    from .threads import bound
+
+    threads, why = bound(todo[0][1].threads or default_threads(jobs))
+    todo = [(tag, dataclasses.replace(cfg, threads=bound(cfg.threads or threads)[0]))
+            for tag, cfg in todo]
+    log(f"training {len(todo)} runs, {jobs} at a time, {threads} thread(s) each"
+        + (f" ({why})" if why != "--threads" else ""))
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
                                initargs=(todo[0][1].to_dict(), threads, ctx.Value("i", 0), os.getpid()))
@@ -147,7 +166,13 @@ def train_runs(todo: list[tuple[str, TrainConfig]], *, jobs: int = 1, bundle=Non
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for fut in done:
                 tag = pending.pop(fut)
-                r = fut.result()  # re-raises a run's error here
+                try:
+                    r = fut.result()  # re-raises a run's error here
+                except BrokenProcessPool:
+                    raise RunError(
+                        f"a worker process died (killed, or out of memory) while training {tag}; "
+                        "the completed epochs of every run are saved, "
+                        + (resume_hint or "run the same command again to continue")) from None
                 if r["last_top1"] is not None:
                     log(f"{tag}: done, test top-1 {100 * r['last_top1']:.2f}% at the last epoch, "
                         f"{100 * r['best_top1']:.2f}% best")

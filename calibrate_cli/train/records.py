@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..utils.atomic import write_atomic
+from ..utils.strict_json import dumps
 
 CHECKPOINT = "checkpoint.pt"
 #: Columns of metrics.csv, in order (imagenet_* only when --imagenet-val-dir is given).
@@ -49,15 +49,9 @@ class TrainResult:
 
 
 def write_json(path: str, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
+    """``obj`` as strict JSON (non-finite numbers as null: :mod:`calibrate_cli.utils.strict_json`),
+    atomically."""
+    write_atomic(path, dumps(obj, indent=2) + "\n")
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -78,8 +72,9 @@ def write_metrics(out: str, history: list[dict], record: dict, status: str, extr
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
-    for r in history:
-        w.writerow([r["epoch"]] + ["" if r.get(c) is None else f"{r[c]:.6g}" for c in cols[1:]])
+    for r in history:  # no value, or none that is finite: an empty cell
+        w.writerow([r["epoch"]] + ["" if r.get(c) is None or not math.isfinite(r[c])
+                                   else f"{r[c]:.6g}" for c in cols[1:]])
     write_atomic(os.path.join(out, "metrics.csv"), buf.getvalue())
     summary = {}
     if history:

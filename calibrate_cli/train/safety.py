@@ -37,6 +37,9 @@ def load_checkpoint(path: str, model: torch.nn.Module, device, noise_hash: str) 
                   f"{' '.join(str(exc).split())[:120] or 'empty file'})") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         raise bad("is not a checkpoint of calibrate train")
+    why = checkpoint_problem(state)
+    if why:
+        raise bad(f"holds {why}")
     if state.get("noise_hash") != noise_hash:
         raise UsageError(f"--resume: the noisy labels differ from the saved run "
                          f"(hash {noise_hash} vs {state.get('noise_hash')})")
@@ -46,6 +49,53 @@ def load_checkpoint(path: str, model: torch.nn.Module, device, noise_hash: str) 
         first = " ".join(str(exc).split())[:160]
         raise bad(f"holds the weights of another model ({first})") from None
     return state
+
+
+def _number(v: Any, *, none: bool = False) -> bool:
+    if v is None:
+        return none
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def checkpoint_problem(state: dict) -> str | None:
+    """What is wrong with the fields of a checkpoint (None: nothing), checked before a resume
+    trains anything: ``epoch`` a count, ``history`` one complete record per epoch (every
+    column of metrics.csv, finite numbers), ``derived`` the loss settings training used, the
+    optimiser's state a state dict."""
+    from .records import METRIC_COLUMNS
+
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"epoch = {epoch!r}, not a count of completed epochs"
+    history = state.get("history")
+    if not isinstance(history, list) or len(history) != epoch:
+        n = len(history) if isinstance(history, list) else type(history).__name__
+        return f"a history of {n} records for {epoch} epochs"
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            return f"history record {i + 1} = {row!r}, not a record"
+        missing = [c for c in METRIC_COLUMNS if c not in row]
+        if missing:
+            return f"history record {i + 1} without {', '.join(missing)}"
+        if row["epoch"] != i + 1:
+            return f"history record {i + 1} for epoch {row['epoch']!r}"
+        for key, value in row.items():
+            if not _number(value, none=key in ("memorised", "recovered")):
+                return f"history record {i + 1} with {key} = {value!r}, not a finite number"
+    derived = state.get("derived")
+    if not isinstance(derived, dict) or not isinstance(derived.get("params"), dict):
+        return f"loss settings (derived) = {derived!r}, not the settings training used"
+    if not _number(derived.get("epsilon")) or not all(_number(v) for v in
+                                                       derived["params"].values()):
+        return (f"loss settings with epsilon = {derived.get('epsilon')!r} and parameters "
+                f"{derived['params']!r}, not finite numbers")
+    for key in ("optimizer", "model"):
+        if not isinstance(state.get(key), dict):
+            return (f"{'an' if key[0] in 'aeiou' else 'a'} {key} state of type "
+                    f"{type(state.get(key)).__name__}, not a state dict")
+    if not isinstance(state.get("noise_hash"), str):
+        return f"noise_hash = {state.get('noise_hash')!r}"
+    return None
 
 
 @contextlib.contextmanager
@@ -94,13 +144,14 @@ class NonFinite(RunError):
 
 
 class FiniteGuard:
-    """Stops training at the first non-finite loss, before the optimiser steps on it.
+    """Stops training at the first non-finite loss or logits, before the optimiser steps on it.
 
     One process on the CPU: every step (a free check). One process on an accelerator: a flag
     kept on the device, read every 20 steps (a read waits for the device). Several processes:
     at the end of the epoch, on the loss summed over all of them, so that every process stops
-    at the same point. Before each checkpoint the weights are checked too, so a checkpoint
-    never holds non-finite weights.
+    at the same point. At the end of each epoch every number of its record (loss, accuracies,
+    logit statistics) must be finite too, and so must the weights, so a checkpoint never holds
+    non-finite weights and metrics.json never a NaN: such a run is ``diverged``.
     """
 
     def __init__(self, device: torch.device, distributed: bool):
@@ -108,26 +159,38 @@ class FiniteGuard:
         self.per_step = not distributed
         self.flag = None
 
-    def check(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+    def check(self, loss: torch.Tensor, epoch: int, step: int,
+              logits: torch.Tensor | None = None) -> None:
         if not self.per_step:
             return
         if self.every == 1:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NonFinite(f"the loss is {value} at step {step + 1} of epoch {epoch + 1}")
+            if logits is not None and not bool(torch.isfinite(logits.detach()).all()):
+                raise NonFinite(f"the logits are not finite at step {step + 1} of epoch "
+                                f"{epoch + 1}")
             return
         bad = ~torch.isfinite(loss.detach())
+        if logits is not None:
+            bad = bad | ~torch.isfinite(logits.detach()).all()
         self.flag = bad if self.flag is None else self.flag | bad
         if (step + 1) % self.every == 0 and bool(self.flag):
-            raise NonFinite(f"the loss is not finite at a step up to {step + 1} of epoch "
-                             f"{epoch + 1}")
+            raise NonFinite(f"the loss or the logits are not finite at a step up to {step + 1} "
+                            f"of epoch {epoch + 1}")
 
-    def epoch_end(self, mean_loss: float, epoch: int, model: torch.nn.Module) -> None:
+    def epoch_end(self, mean_loss: float, epoch: int, model: torch.nn.Module,
+                  row: dict | None = None) -> None:
         if self.flag is not None and bool(self.flag):
-            raise NonFinite(f"the loss is not finite at a step of epoch {epoch + 1}")
+            raise NonFinite(f"the loss or the logits are not finite at a step of epoch {epoch + 1}")
         self.flag = None
         if not math.isfinite(mean_loss):
             raise NonFinite(f"the mean training loss of epoch {epoch + 1} is {mean_loss}")
+        for key, value in (row or {}).items():  # the test columns are still to come (NaN)
+            if (isinstance(value, float) and not math.isfinite(value)
+                    and not key.startswith("test_")):
+                raise NonFinite(f"the {key} of epoch {epoch + 1} is {value} (the logits "
+                                "overflow)")
         with torch.no_grad():
             finite = [p.isfinite().all() for p in model.parameters()]
             if finite and not bool(torch.stack(finite).all()):

@@ -73,10 +73,22 @@ def default_threads() -> tuple[int, str]:
     return _CHOICE
 
 
+def bound(requested: int) -> tuple[int, str]:
+    """(threads, reason) for ``--threads requested``: at most the logical CPUs this process may
+    run on. More threads than CPUs only wait for each other, and OpenMP gives each its own
+    stack: ``--threads 100000`` would exhaust memory (failed imports, a crash), so it is clamped,
+    and the reason says so."""
+    cpus = len(available_cpus())
+    if requested > cpus:
+        return cpus, (f"--threads {requested} is more than the {cpus} CPU{'s' if cpus != 1 else ''} "
+                      f"this process may run on; using {cpus}")
+    return int(requested), "--threads"
+
+
 def resolve(requested: int | None) -> tuple[int, str]:
-    """``--threads`` if given, else :func:`default_threads`."""
+    """``--threads`` if given (clamped by :func:`bound`), else :func:`default_threads`."""
     if requested is not None:
-        return int(requested), "--threads"
+        return bound(int(requested))
     return default_threads()
 
 
