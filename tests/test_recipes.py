@@ -1,7 +1,7 @@
 """The recipes of docs/integrations.md (and the README), run as they are written.
 
-Each recipe is the ```python block after its ``<!-- recipe: NAME -->`` marker; the README's copy
-must be the same text. A test supplies what a recipe calls "yours" (a small model and data) and
+Each recipe is the ```python block after its ``<!-- recipe: NAME -->`` marker; a copy in the
+README must be the same text. A test supplies what a recipe calls "yours" (a small model and data) and
 checks what it must have done. Lightning and transformers come with the ``test`` extra; where
 one is missing its test is skipped.
 """
@@ -41,9 +41,10 @@ def recipe(name: str) -> str:
 
 
 def test_the_readme_shows_the_docs_recipes():
+    # the README shows the plain loop; every recipe it shows is the docs' text, which runs here
     docs, readme = _recipes(DOCS), _recipes(README)
     assert set(docs) == set(RECIPES)
-    assert readme == docs
+    assert "plain-loop" in readme and all(readme[name] == docs[name] for name in readme)
 
 
 def _problem(k=20, n=240, d=16, seed=0):
