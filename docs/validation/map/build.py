@@ -310,7 +310,8 @@ def figure(all_cells, quantity, path):
     if not rows:
         return False
     n = len(rows)
-    cols = min(4, n)
+    per_optimizer = max(sum(c["optimizer"] == o for c in rows) for o in OPTIMIZERS)
+    cols = min(4, per_optimizer) if n % per_optimizer == 0 else min(4, n)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols,
                                                                   2.9 * math.ceil(n / cols)),
                              squeeze=False)
@@ -333,6 +334,7 @@ def figure(all_cells, quantity, path):
         status = f" [{v['status']}, {v['ratio']:.2f}×]" if v else " [not measured]"
         ax.set_title(title + status, fontsize=7.5)
         ax.tick_params(labelsize=7)
+        ax.set_xlabel({"eps": "ε"}.get(c["parameter"], c["parameter"]), fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
