@@ -38,7 +38,7 @@ Output: the run's lines (dataset, noise, ε, one line per epoch, the result) go 
 
   calibrate train --dataset cifar100 --data-dir ~/data/cifar-100-python --model resnet34 --loss mae --logit-bias auto --noise symmetric:0.4 --epochs 200 --seed 0 --out runs/c100
 
-  calibrate train --loss gce --calibrate q --calibrate-from 100 --noise 0.4
+  calibrate train --loss mae --logit-bias auto --optimizer sgd --noise 0.4
 
   calibrate train --out runs/c100 --resume --epochs 250
 

@@ -16,7 +16,7 @@ GRID, DATA, OPT, RUN = "Grid", "Data", "Training (every run)", "Run"
 
 HELP = """Train a grid of losses × noise levels × seeds and tabulate test accuracy (mean ± std over seeds, last and best epoch).
 
---losses takes loss names and variants: NAME* adds --logit-bias auto (mae* is MAE*), NAME@calibrated recalibrates q from K = 100 at its current value to the dataset's K (gce@calibrated: q = 0.7 at K = 100), NAME@P=V sets a parameter. --noise takes rates (0.4 = symmetric:0.4) or any 'calibrate train --noise' spec.
+--losses takes loss names and variants: NAME* adds --logit-bias auto (mae* is MAE*), NAME@P=V sets a parameter, NAME@calibrated:P:K transfers P from its current value at K classes to the dataset's K and NAME@calibrated:P:K:V from the value V (NAME@calibrated: q from K = 100). Which computed values held in training: docs/validation.md (the GCE q transfer did not). --noise takes rates (0.4 = symmetric:0.4) or any 'calibrate train --noise' spec.
 
 NAME*peak solves ε with the peak criterion and NAME*above takes the match root above the peak; NAME@eps=V fixes ε.
 
@@ -28,11 +28,11 @@ Output: the results table (or with --json the summary) goes to stdout; the progr
 
 [bold]Examples[/]
 
-  calibrate validate --classes 1000 --losses ce,mae,mae*,gce,gce@calibrated --noise 0,0.4 --seeds 0,1,2 --out runs/val
+  calibrate validate --classes 1000 --losses ce,mae,mae*,gce --noise 0,0.4 --seeds 0,1,2 --out runs/val
 
   calibrate validate --classes 1000 --losses mae --sweep eps=0,2,4,match,6,peak,8 --noise 0.4 --seeds 0,1 --jobs 2 --threads 1 --out runs/val
 
-  calibrate validate --dataset cifar100 --data-dir ~/data/cifar-100-python --losses gce,gce@calibrated --noise 0.4 --seeds 0-4 --out runs/c100-gce
+  calibrate validate --dataset cifar100 --data-dir ~/data/cifar-100-python --losses ce,mae,mae* --noise 0.4 --seeds 0-4 --out runs/c100
 """
 
 
@@ -45,7 +45,7 @@ def _opt(*names, panel, help, **kw):
 
 
 def validate(
-    losses: Annotated[str, _opt("--losses", panel=GRID, help="Comma-separated losses and variants (NAME, NAME*, NAME@calibrated, NAME@P=V).")] = "ce,mae,mae*,gce,gce@calibrated",
+    losses: Annotated[str, _opt("--losses", panel=GRID, help="Comma-separated losses and variants (NAME, NAME*, NAME@P=V, NAME@calibrated:P:K[:V]).")] = "ce,mae,mae*,gce",
     noise: Annotated[str, _opt("--noise", panel=GRID, help="Comma-separated noise levels (rates mean symmetric noise).")] = "0,0.4",
     seeds: Annotated[str, _opt("--seeds", panel=GRID, help="Comma-separated seeds or ranges a-b (a <= b).")] = "0,1,2",
     sweep: Annotated[Optional[str], _opt("--sweep", panel=GRID, metavar="Q=V1,V2,...", help="Sweep ε (eps=0,2,match,peak,above) or a parameter of the one loss in --losses (q=0.3,0.5,calibrated,calibrated:10: transferred from K = 100 or 10).")] = None,
