@@ -122,12 +122,13 @@ def test_samples_help_states_the_default_the_solver_uses(loss, extra):
 def test_samples_help_states_the_default_for_your_own_losses(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     _, own = _samples_help()
-    (tmp_path / "mylosses.py").write_text(
+    # a module name of its own: another test imports a 'mylosses' of other content
+    (tmp_path / "samples_help_loss.py").write_text(
         "import torch\n\ndef mae(logits, target):\n"
         "    p = torch.softmax(logits, 1).gather(1, target[:, None])[:, 0]\n"
         "    return 2 * (1 - p)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    r = ok("epsilon", "--loss", "mylosses:mae", "--classes", "20", "--criterion", "peak",
+    r = ok("epsilon", "--loss", "samples_help_loss:mae", "--classes", "20", "--criterion", "peak",
            "--json")
     assert json.loads(r.stdout)["monte_carlo"]["samples"] == own
 
