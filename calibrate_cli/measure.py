@@ -287,6 +287,9 @@ class _Inputs:
     def __init__(self, dataset, data_dir, input_shape, total: int, classes: int | None = None):
         self.images = None
         self.classes = classes
+        if data_dir is not None and (dataset is None or _normalise_key(dataset) == "glyphs"):
+            raise UsageError("--data-dir applies to a --dataset read from files (not to "
+                             "synthetic inputs or the embedded glyphs); leave it out")
         if dataset is None:
             self.shape = _check_shape(input_shape if input_shape is not None else DEFAULT_SHAPE)
             c, h, w = self.shape

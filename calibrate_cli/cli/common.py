@@ -97,8 +97,17 @@ DEFAULTS = dict(logit_mean=0.0, logit_std=DEFAULT_LOGIT_STD, atoms=DEFAULT_ATOMS
                 samples=None, seed=0, input_shape="3,32,32", device="cpu")
 
 
+def not_empty(value: str | None, option: str) -> str | None:
+    """An option's text, or None when not given; an empty text is refused, not taken for "not
+    given" (``--logits "$FILE"`` with FILE unset must not silently fall back to the Gaussian)."""
+    if value is not None and not str(value).strip():
+        raise UsageError(f"{option} needs a value, got an empty one")
+    return value
+
+
 def make_loss(loss: str, preset: str | None, assignments: list[str] | None):
     """(LossSpec, params) from --loss, --preset and --set."""
+    not_empty(preset, "--preset")
     spec = get_loss(loss)
     params = resolve_params(spec, preset, parse_assignments(assignments))
     return spec, params
@@ -124,6 +133,9 @@ def make_distribution(*, logit_mean: float | None, logit_std: float | None, logi
     with --logits, --atoms with the Gaussian, --input-shape without --from-model) is a usage
     error rather than silently ignored.
     """
+    for value, name in ((logits, "--logits"), (from_model, "--from-model"),
+                        (input_shape, "--input-shape")):
+        not_empty(value, name)
     if logits and from_model:
         raise UsageError("give either --logits FILE or --from-model MODEL, not both")
     measured = "--logits" if logits else ("--from-model" if from_model else None)
@@ -178,6 +190,7 @@ def make_averager(dist: LogitDistribution, samples: int | None, seed: int, *spec
     """The Averager of the options; ``samples`` None: the default for the losses ``specs``,
     within the default draw budget per K (fewer vectors at very large K). ``device`` other
     than cpu imports torch (only Monte Carlo losses use it)."""
+    not_empty(device, "--device")
     budget = DRAW_BUDGET if samples is None else None
     if samples is None:
         samples = default_samples(*specs)

@@ -89,7 +89,7 @@ def check_arguments(reference_classes, samples, seed, ignore_index) -> tuple:
     if samples is not None:
         samples = check_int("samples", samples, 16, 10**9)
     seed = check_int("seed", seed, 0, 2**63 - 1)
-    ignore = check_int("ignore_index", ignore_index)
+    ignore = check_int("ignore_index", ignore_index, -2**63, 2**63 - 1)  # an int64, as targets
     return ref, samples, seed, ignore
 
 
@@ -158,8 +158,7 @@ def probe(make, params: Mapping[str, float], epsilon: float, classes: int | None
 
 def check_inputs(logits: Any, target: Any, classes: int | None, ignore_index: int):
     """The forward's inputs: logits a floating tensor [N, K] (K = ``classes`` when set), target
-    integer class indices [N]. Returns the mask of the samples kept (target != ignore_index),
-    or None when every sample is kept."""
+    integer class indices [N]. Returns the mask of the samples kept (target != ignore_index)."""
     if not isinstance(logits, torch.Tensor):
         raise ArgumentTypeError(f"logits must be a torch.Tensor [N, K], got {type(logits).__name__}")
     if not isinstance(target, torch.Tensor):

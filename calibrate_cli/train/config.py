@@ -161,8 +161,12 @@ def load_config_file(path: str) -> dict:
     """Read a YAML (``.yaml``/``.yml``) or JSON config file into a dict of fields."""
     if not os.path.isfile(path):
         raise UsageError(f"--config: no such file '{path}'")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:  # binary, unreadable
+        raise UsageError(f"--config {path}: cannot read it as text ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:120]})") from None
     try:
         if path.endswith((".yaml", ".yml")):
             try:
@@ -381,6 +385,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     c.tensorboard = _as_bool("tensorboard", c.tensorboard)
     if c.data_dir is not None:
         c.data_dir = os.path.expanduser(str(c.data_dir))
+        if dataset_key(c.dataset) == "glyphs":  # it would be ignored: say so
+            raise UsageError("--data-dir: the glyphs are embedded and read from no folder; leave "
+                             "--data-dir out, or choose a --dataset that is read from files")
     if c.imagenet_val_dir is not None:
         c.imagenet_val_dir = os.path.expanduser(str(c.imagenet_val_dir))
     if c.out is not None:
