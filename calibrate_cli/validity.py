@@ -69,6 +69,8 @@ def _cell_text(e: dict) -> str:
         where += " (matched steps)"
     if e.get("noise", "").startswith("pairflip"):
         where += " pairflip"
+    if e.get("model", "mlp1024") != "mlp1024":
+        where += f" {e['model']}"
     return where
 
 
@@ -105,5 +107,5 @@ def note(quantity: str | None, *, optimizer: str | None = None,
         verb = "holds" if good else "off the optimum"
         parts.append(f"{OPTIMIZER_NAMES.get(opt, opt)} {verb} ({cells_text})")
     status = "caution" if bad else "validated"
-    line = (f"{status}: " + "; ".join(parts) + f" [glyphs, mlp1024, 40 % noise; {DOCS}]")
+    line = (f"{status}: " + "; ".join(parts) + f" [glyphs, MLPs, 40 % noise; {DOCS}]")
     return Note(status, line, measured)

@@ -38,10 +38,18 @@ calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses mae
 # (5) K = 1000: GCE's q (SGD: the points docs/validation/k1000 lacks)
 calibrate validate $C $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7 --out runs/map/adamw-k1000
 calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.15,0.25 --out runs/map/sgd-k1000
+# (5b) a second model for MAE's ε at K = 1000: a narrower, deeper MLP (3 hidden layers of 256);
+# with AdamW, a fixed point at ε = ½ ln K = 3.454 (a candidate fitted to the AdamW optima of
+# mlp1024 at K = 100 and 1000, tested here on a model it was not fitted on)
+calibrate validate $C $ADAMW --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/adamw-k1000-mlp256x3
+calibrate validate $C $ADAMW --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=2,2.5,3,3.454,4,match,5.5 --out runs/map/adamw-k1000-mlp256x3
+calibrate validate $C $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/sgd-k1000-mlp256x3
+calibrate validate $C $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=3.454,4,match,5.5,6 --out runs/map/sgd-k1000-mlp256x3
 # (6) the transfer points: GCE's q transferred from the empirical best q at K_ref, added to the
 # sweeps above once the reference sweep is complete (`python docs/validation/map/build.py
 # missing` prints these commands; the fixed points are complete and skipped)
 #   -> the lines are recorded in each folder's grid.json ("invocations") and in TRANSFERS below
+#   calibrate validate --train-per-class 50 --test-per-class 10 --epochs 20 --preset cifar100 --threads 1 --jobs 2 -q --optimizer adamw --lr 1e-3 --weight-decay 0 --classes 100 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.02,0.05,0.075,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,0.9,calibrated:10:0.7 --out runs/map/adamw-k100
 #   calibrate validate --train-per-class 50 --test-per-class 10 --epochs 20 --preset cifar100 --threads 1 --jobs 2 -q --optimizer sgd --lr 0.1 --classes 100 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.02,0.05,0.075,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,0.9,calibrated:10:0.1 --out runs/map/sgd-k100
 # (7) the matched-steps budget: the reference K = 100 trained 200 epochs, as many optimizer
 # steps as K = 1000 in 20 (4000 against 3920)
