@@ -298,9 +298,9 @@ def test_empirical_distribution_matches_its_gaussian_source():
 def test_bad_inputs_raise_usage_errors():
     with pytest.raises(UsageError, match="integer"):
         api.epsilon(1)
-    with pytest.raises(UsageError, match="logit-std"):
+    with pytest.raises(UsageError, match="logit_std"):  # in Python: the argument's name
         Gaussian(0.0, 0.0)
-    with pytest.raises(UsageError, match="logit-std"):
+    with pytest.raises(UsageError, match="logit_std"):
         Gaussian(0.0, float("nan"))
     with pytest.raises(UsageError, match="did you mean"):
         get_loss("maee")

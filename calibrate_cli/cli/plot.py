@@ -59,9 +59,8 @@ def plot(
         raise UsageError(f"unknown figure '{name}' (one of {', '.join(NAMES)}, or all)")
     if not 20 <= dpi <= 1200:
         raise UsageError(f"--dpi must be in [20, 1200], got {dpi}")
-    for value, name in ((logits, "--logits"), (data_dir, "--data-dir")):
-        if value is not None and not value.strip():
-            raise UsageError(f"{name} needs a value, got an empty one")
+    for value, option in ((logits, "--logits"), (data_dir, "--data-dir")):
+        c.not_empty(value, option)
     if logits and not os.path.isfile(logits):
         raise UsageError(f"logits file '{logits}' does not exist or is not a regular file "
                          "(expected .npy, .npz or .pt)")
