@@ -94,6 +94,9 @@ def test_a_run_under_two_names_is_trained_once_and_every_invocation_recorded(tmp
 
 def test_a_failed_check_trains_and_writes_nothing(tmp_path):
     out = tmp_path / "g"
+    one_line_error(run("validate", *GRID, "--seeds", "0", "--losses", "ce,gce", "--preset",
+                       "cifar1000", "--out", out, "--emit-commands"), 2, "none of the grid")
+    assert not out.exists()
     for sweep in ("q=0.5,calibrated:99999999999", "q=0.5,calibrated:10:9", "q=0.5,inf"):
         one_line_error(run("validate", *GRID, "--seeds", "0", "--losses", "gce", "--sweep",
                            sweep, "--out", out), 2)

@@ -247,6 +247,7 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
     if runs > MAX_RUNS:
         raise UsageError(f"the grid has {runs} runs ({len(variants)} losses × {len(noises)} noise "
                          f"levels × {len(seeds)} seeds), more than {MAX_RUNS}: split it")
+    _check_preset(base.get("loss_preset"), variants)
     cells = grid_cells(variants, noises, seeds)
     configs = share_runs(out, [run_config(base, v, n, s, run_dir(out, v, n, s))
                                for v, n, s in cells])
@@ -281,6 +282,19 @@ def run_grid(base: dict, variants: list[LossVariant], noises: list[str], seeds: 
             log(f"threads: {n} ({why})")
         return _run_cells(out, base, variants, noises, seeds, cells, configs, bundle,
                           progress=progress, command=command, log=log, jobs=jobs, record=record)
+
+
+def _check_preset(preset, variants) -> None:
+    """--preset applies to the losses that have it; one that none of them has is a typo."""
+    if not preset:
+        return
+    from ..losses import get_loss
+
+    specs = [get_loss(v.loss) for v in variants]
+    if not any(str(preset).strip().lower() in s.presets for s in specs):
+        known = sorted({p for s in specs for p in s.presets})
+        raise UsageError(f"--preset {preset}: none of the grid's losses has it (their presets: "
+                         f"{', '.join(known) or 'none'})")
 
 
 def _emit(configs: list[TrainConfig], emit) -> dict:
