@@ -96,16 +96,19 @@ def note(quantity: str | None, *, optimizer: str | None = None,
     parts, bad = [], False
     for opt in dict.fromkeys(e["optimizer"] for e in measured):
         rows = [e for e in measured if e["optimizer"] == opt]
-        good = all(e["status"] == "holds" for e in rows)
-        bad |= not good
-        shown = rows if good else [e for e in rows if e["status"] != "holds"]
-        cells_text = "; ".join(
-            f"{_cell_text(e)}: {e['ratio']:.2f}× the best fixed {sym}"
-            + ("" if e["status"] == "holds" else f" ({sym} = {e['best_fixed']:g} beat "
-                                                 f"{e['computed']:g})")
-            for e in shown)
-        verb = "holds" if good else "off the optimum"
-        parts.append(f"{OPTIMIZER_NAMES.get(opt, opt)} {verb} ({cells_text})")
+        held = [e for e in rows if e["status"] == "holds"]
+        off = [e for e in rows if e["status"] != "holds"]
+        bad |= bool(off)
+        text = OPTIMIZER_NAMES.get(opt, opt)
+        if held:
+            text += " holds at " + ", ".join(f"{_cell_text(e)} ({e['ratio']:.2f}×)"
+                                             for e in held)
+        if off:
+            text += (";" if held else "") + " off the optimum at " + ", ".join(
+                f"{_cell_text(e)} ({e['ratio']:.2f}×: {sym} = {e['best_fixed']:g} beat "
+                f"{e['computed']:.3g})" for e in off)
+        parts.append(text)
     status = "caution" if bad else "validated"
-    line = (f"{status}: " + "; ".join(parts) + f" [glyphs, MLPs, 40 % noise; {DOCS}]")
+    line = (f"{status}: " + "; ".join(parts) + f" (ratio: the computed value's accuracy over "
+            f"the best of a sweep; glyphs, MLPs, 40 % noise; {DOCS})")
     return Note(status, line, measured)

@@ -54,8 +54,8 @@ def test_note_says_where_it_holds_and_where_not(monkeypatch):
         _entry("adamw", "shifted", 0.84)])
     n = validity.note("mae-eps")
     assert n.status == "caution" and len(n.cells) == 3
-    assert "SGD holds (K = 1000: 1.06×" in n.line and "K = 100: 1.01×" in n.line
-    assert "AdamW off the optimum (K = 1000: 0.84× the best fixed ε (ε = 3 beat 4.71))" in n.line
+    assert "SGD holds at K = 1000 (1.06×), K = 100 (1.01×); AdamW off the optimum at " \
+        "K = 1000 (0.84×: ε = 3 beat 4.71)" in n.line
     assert validity.note("mae-eps", optimizer="sgd").status == "validated"
     assert validity.note("mae-eps", optimizer="adam").status == "caution"  # Adam: AdamW's cells
     assert validity.note(None).status == "not validated"
