@@ -54,13 +54,13 @@ calibrate validate $C $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0
 # (7) the matched-steps budget: the reference K = 100 trained 200 epochs, as many optimizer
 # steps as K = 1000 in 20 (4000 against 3920)
 calibrate validate $C $SGD --classes 100 --epochs 200 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.1,0.2,0.3,0.4,0.5,0.7,0.9 --out runs/map/sgd-k100-200ep
-# (8) other computed values, SGD, K = 1000: GCE's logit bias (gce*), NCE+AGCE's and NF-MAE's α
-# transferred from their CIFAR-100 presets (α = 10 at K = 100)
-calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep eps=2,3,4,4.25,match,5,5.5,6,7 --out runs/map/sgd-k1000
-calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nce-agce --sweep alpha=10,50,120,140,calibrated,200,250,500,1000 --out runs/map/sgd-k1000
-calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nf-mae --sweep alpha=10,50,140,170,calibrated,250,300,600,1200 --out runs/map/sgd-k1000
 calibrate validate $C $ADAMW --classes 100 --epochs 200 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.1,0.2,0.3,0.4,0.5,0.7,0.9 --out runs/map/adamw-k100-200ep
-# (9) a convolutional model: cnn8 at K = 100 (one 20-epoch cnn8 run at K = 1000 takes about
+# (8) a convolutional model: cnn8 at K = 100 (one 20-epoch cnn8 run at K = 1000 takes about
 # 90 minutes of one CPU core, 268 s per epoch, against 2.5 minutes for mlp1024)
 calibrate validate $C $SGD --classes 100 --model cnn8 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/sgd-k100-cnn8
 calibrate validate $C $SGD --classes 100 --model cnn8 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=1.5,2,match,2.6,3,3.6 --out runs/map/sgd-k100-cnn8
+# (9) other computed values, SGD, K = 1000: GCE's logit bias (gce*), NCE+AGCE's and NF-MAE's α
+# transferred from their CIFAR-100 presets (α = 10 at K = 100)
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep eps=3,4,4.25,match,5,5.5,6 --out runs/map/sgd-k1000
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nce-agce --sweep alpha=10,120,140,calibrated,200,250,1000 --out runs/map/sgd-k1000
+calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nf-mae --sweep alpha=10,150,180,calibrated,250,300,1000 --out runs/map/sgd-k1000
