@@ -143,3 +143,25 @@ def test_emit_commands_run_by_xargs_equal_jobs_2(tmp_path):
     a, b = (load_json(tmp_path / d / "results.json") for d in ("e", "j"))
     assert [r["test_top1"] for r in a["runs"]] == [r["test_top1"] for r in b["runs"]]
     assert [r["status"] for r in a["runs"]] == ["complete"] * 4
+
+
+def test_report_only_beside_a_running_grid_writes_nothing(tmp_path):
+    """While a grid holds its folder's lock, --report-only prints the tables and writes none of
+    the files that grid writes when it ends; once the folder is free it writes them."""
+    from calibrate_cli.utils.lock import lock_folder
+
+    out = tmp_path / "g"
+    grid = [*GRID, "--seeds", "0", "--losses", "mae", "--out", out]
+    assert run("validate", *grid).exit_code == 0
+    (out / "results.md").unlink()
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    with lock_folder(out):  # a grid training there
+        r = run("validate", *grid, "--report-only")
+        assert r.exit_code == 0, r.stderr
+        assert "| mae |" in r.stdout and "printed, not written" in r.stderr
+        r = run("validate", *grid[:-4], "--losses", "mae", "--sweep", "eps=0,1", "--out", out,
+                "--report-only")
+        assert r.exit_code == 0 and "printed, not written" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert run("validate", *grid, "--report-only").exit_code == 0
+    assert (out / "results.md").is_file()

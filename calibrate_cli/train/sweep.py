@@ -139,6 +139,8 @@ def run_sweep(sweep: Sweep, base: dict, noises: list[str], seeds: list[int], out
     if emit is not None:
         return grid
     results = sweep_results(sweep, grid)
+    if grid.get("written") is False:  # --report-only beside a running grid: print only
+        return results
     path = os.path.join(out, f"{sweep.name}.json")
     results.update(version=__version__, command=command, base=base,
                    invocations=_invocations(path, command, grid))

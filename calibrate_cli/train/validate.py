@@ -327,14 +327,24 @@ def _report_only(out, variants, noises, seeds, cells, configs, *, command, log, 
     """The results of the runs of this grid that are complete; nothing is trained."""
     if not os.path.isdir(os.path.join(out, "runs")):
         raise UsageError(f"--report-only: '{out}' holds no runs of a grid")
-    # no lock: a grid still training there may hold it, and the runs' files are read only
-    # (each is replaced atomically by its writer), the results files written atomically
+    # the runs' files are only read (each is replaced atomically by its writer); the results
+    # files are written under the grid's lock, and not at all while a grid holds it: that grid
+    # writes them when it ends, and two writers must not race
     done = sum(_complete(cfg) for cfg in configs)
     log(f"{done} of {len(configs)} runs complete; the tables count only those (n per cell)")
     results = collect_results(out, cells, configs,
                               _grid_record(configs, variants, noises, seeds), command)
-    if record:
-        write_results(out, results)
+    try:
+        lock = lock_folder(out, "--out")
+    except UsageError:
+        log(f"a grid is training in '{out}' (its folder is locked): the tables are printed, not "
+            "written; it writes them when it ends")
+        results["written"] = False
+        return results
+    with lock:
+        if record:
+            write_results(out, results)
+    results["written"] = True
     return results
 
 
