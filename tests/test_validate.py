@@ -307,3 +307,37 @@ def test_report_only_tabulates_the_complete_runs_and_trains_nothing(tmp_path):
     assert after["grid"]["seeds"] == [0, 1]
     r = run("validate", *GRID, "--losses", "ce", "--out", tmp_path / "empty", "--report-only")
     assert r.exit_code == 2 and "holds no runs" in r.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_killed_worker_is_one_line_with_the_resume_hint(tmp_path):
+    """kill -9 of one worker of `validate --jobs 2`: one line on stderr that says the epochs are
+    saved and how to continue, a non-zero exit, no traceback; the same command then resumes."""
+    out = tmp_path / "grid"
+    i = GRID.index("--epochs") + 1
+    args = [*GRID[:i], "5000", *GRID[i + 1:]]
+    workers: list[int] = []
+    proc = subprocess.Popen([sys.executable, "-m", "calibrate_cli", "validate", *args,
+                             "--losses", "ce,mae", "--noise", "0", "--seeds", "0",
+                             "--jobs", "2", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("runs/*/*/*/checkpoint.pt"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:  # the other one, orphaned
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 1, err[-2000:]
+    assert len(lines) == 1 and "worker process died" in lines[0], err[-2000:]
+    assert "calibrate validate" in lines[0] and "Traceback" not in err
