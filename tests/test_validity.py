@@ -27,6 +27,13 @@ def test_shipped_verdicts_recompute_from_the_committed_runs():
     with open(build.PACKAGE_VERDICTS, encoding="utf-8") as fh:
         shipped = json.load(fh)
     assert build.package_verdicts(build.cells()) == shipped
+    with open(build.README, encoding="utf-8") as fh:  # the README's table is the same verdicts
+        readme = fh.read()
+    block = readme.split(build.MARKS[0])[1].split(build.MARKS[1])[0]
+    assert block == "\n" + build.summary(shipped)
+    for e in shipped["entries"]:  # every measured cell's ratio is in the README's table
+        if e["status"] != "not measured" and e["quantity"] != "mae-eps-peak":
+            assert f"{build._where(e)}: {e['ratio']:.2f}" in block
 
 
 def test_verdict_arithmetic():
@@ -86,3 +93,18 @@ def test_commands_carry_the_verdict():
     r = ok("epsilon", "--classes", "1000", "--loss", "agce", "--json")
     assert json.loads(r.stdout)["validation"]["status"] == "not validated"
     assert run("epsilon", "--classes", "1000").exit_code == 0
+
+
+def test_nn_modules_carry_the_verdict():
+    pytest.importorskip("torch")
+    import calibrate_cli as cal
+
+    crit = cal.nn.loss("mae", classes=1000, logit_bias="auto")
+    assert crit.to_dict()["validation"] == {
+        "epsilon": {"status": validity.note("mae-eps").status,
+                    "note": validity.note("mae-eps").line}}
+    gce = cal.nn.loss("gce", classes=1000, calibrate={"q": 10})
+    want = validity.note("gce-q-transfer", reference_classes=10)
+    assert gce.to_dict()["validation"] == {"q": {"status": want.status, "note": want.line}}
+    assert want.status == "caution"  # the transfer from K = 10 is off the optimum in the map
+    assert cal.nn.loss("mae", classes=1000).to_dict()["validation"] == {}

@@ -44,7 +44,7 @@ COMMANDS = (
 #: What bare ``calibrate`` shows: the five most used commands, an example of each.
 FIRST_COMMANDS = (
     ("epsilon --classes 1000", "the logit bias ε of MAE, K = 1000"),
-    ("q --loss gce --from 10 --to 1000", "GCE's q carried to K = 1000"),
+    ("q --loss gce --from 10 --to 1000", "GCE's q at K = 1000 (a caution)"),
     ("transfer --loss sce --param alpha --from 100 --to 1000", "any parameter of any loss"),
     ("train", "train on embedded glyphs (torch)"),
     ("validate --losses 'ce,mae*' --noise 0.4", "compare losses on noisy labels"),
@@ -274,7 +274,7 @@ def build_app(only: str | None = None) -> typer.Typer:
         ),
         epilog=(
             "Examples:  calibrate epsilon --classes 1000   |   "
-            "calibrate q --loss gce --from 100 --to 1000   |   calibrate losses"
+            "calibrate train --loss mae --logit-bias auto   |   calibrate losses"
         ),
     )
     app.callback()(_root)

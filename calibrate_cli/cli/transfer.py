@@ -12,7 +12,7 @@ from .params import INT
 
 HELP = """Recalibrate one parameter of a loss for a new number of classes.
 
-Finds θ at --to classes such that <δ_k> at the logit mean (or --at Z) equals its value at --from classes with the parameter's current value (from --preset / --set / the default). The other parameters stay fixed.
+Finds θ at --to classes such that <δ_k> at the logit mean (or --at Z) equals its value at --from classes with the parameter's current value (from --preset / --set / the default). The other parameters stay fixed. The 'in training' line says whether the validity map measured the carried value in training (docs/validation.md).
 
 [bold]Examples[/]
 

@@ -14,7 +14,7 @@ The loss of a sample is the loss at biased logits (the trainer's, ``calibrate tr
 .. math::  L_\varepsilon(z, y) = L(z + \varepsilon\, e_y,\; y),
 
 ε added to the logit of the sample's label. ε (``logit_bias="auto"``) and a calibrated
-parameter (``calibrate={"q": 100}``: GCE's q carried from K = 100 to ``classes``) come
+parameter (``calibrate={"q": K_ref}``: a parameter carried from K_ref to ``classes``) come
 from the engine (:func:`calibrate_cli.engine.solve.solve_epsilon`, :func:`~calibrate_cli.engine.solve.solve_transfer`)
 for a Gaussian N(0, s²) of initial logits: s = ``logit_std`` (0.5, the default of
 ``calibrate epsilon``), or measured on your model and data (``logit_std="measure"`` with
@@ -74,7 +74,7 @@ def loss(name: str | LossSpec, classes: int | None = None, *, logit_bias: float 
     :class:`LossSpec`) as a module; the arguments are :class:`CalibratedLoss`'s.
 
     >>> cal.nn.loss("mae", classes=1000, logit_bias="auto")            # MAE*, ε = 4.7342
-    >>> cal.nn.loss("gce", classes=1000, calibrate={"q": 100})         # q = 0.7 at K = 100 -> 0.4716
+    >>> cal.nn.loss("gce", classes=1000, q=0.4)                        # GCE: q from a sweep at K
     >>> cal.nn.loss("mae", classes=K, logit_bias="auto", logit_std="measure",
     ...             model=model, loader=train_loader)                  # ε for your model's logits
     """

@@ -233,7 +233,28 @@ class CalibratedLoss(torch.nn.Module):
                 "epsilon": self.epsilon if ready else None, "logit_bias": self.logit_bias,
                 "logit_std": self.logit_std, "logit_std_source": self.logit_std_source,
                 "calibrated": self.calibrated, "epsilon_info": self.epsilon_info,
-                "reduction": self.reduction, "ignore_index": self.ignore_index}
+                "reduction": self.reduction, "ignore_index": self.ignore_index,
+                "validation": self.validation}
+
+    @property
+    def validation(self) -> dict:
+        """The validity map's verdict on each value computed here, ``{"epsilon" or the
+        calibrated parameter: {"status", "note"}}`` (as the commands print it; see
+        :mod:`calibrate_cli.validity`); empty when nothing is computed."""
+        from calibrate_cli.validity import note, quantity_of
+
+        out = {}
+        if self.logit_bias == "auto":
+            n = note(quantity_of("epsilon", self.spec.name, criterion=self.criterion,
+                                 reference_classes=self.reference_classes))
+            out["epsilon"] = {"status": n.status, "note": n.line}
+        if self.calibrated:
+            c = self.calibrated
+            n = note(quantity_of("transfer", self.spec.name, param=c["param"],
+                                 reference_classes=c["from_classes"]),
+                     reference_classes=c["from_classes"])
+            out[c["param"]] = {"status": n.status, "note": n.line}
+        return out
 
     def extra_repr(self) -> str:
         parts = [] if self.classes is None else [f"classes={self.classes}"]
