@@ -61,7 +61,8 @@ def quantity_of(command: str, loss: str, *, criterion: str = "match", param: str
     return None
 
 
-def _cell_text(e: dict) -> str:
+def cell_text(e: dict) -> str:
+    """Where a cell of the map is: ``K = 1000 from 100 (matched steps) cnn8``."""
     where = f"K = {e['classes']}"
     if e.get("reference_classes"):
         where += f" from {e['reference_classes']}"
@@ -101,11 +102,11 @@ def note(quantity: str | None, *, optimizer: str | None = None,
         bad |= bool(off)
         text = OPTIMIZER_NAMES.get(opt, opt)
         if held:
-            text += " holds at " + ", ".join(f"{_cell_text(e)} ({e['ratio']:.2f}×)"
+            text += " holds at " + ", ".join(f"{cell_text(e)} ({e['ratio']:.2f}×)"
                                              for e in held)
         if off:
             text += (";" if held else "") + " off the optimum at " + ", ".join(
-                f"{_cell_text(e)} ({e['ratio']:.2f}×: {sym} = {e['best_fixed']:g} beat "
+                f"{cell_text(e)} ({e['ratio']:.2f}×: {sym} = {e['best_fixed']:g} beat "
                 f"{e['computed']:.3g})" for e in off)
         parts.append(text)
     status = "caution" if bad else "validated"

@@ -341,16 +341,9 @@ MARKS = ("<!-- validation-summary:start -->", "<!-- validation-summary:end -->")
 
 
 def _where(e):
-    w = f"K = {e['classes']}"
-    if e.get("reference_classes"):
-        w = f"K = {e['reference_classes']} → {e['classes']}"
-        if e.get("budget") == "matched steps":
-            w += " (matched steps)"
-    if e.get("noise", "").startswith("pairflip"):
-        w += " pairflip"
-    if e.get("model", "mlp1024") != "mlp1024":
-        w += f" {e['model']}"
-    return w
+    from calibrate_cli.validity import cell_text
+
+    return cell_text(e)
 
 
 def summary(verdicts):
