@@ -51,6 +51,7 @@ calibrate validate $C $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0
 #   (each folder's grid.json lists them too, under "invocations"); as they ran:
 #   calibrate validate --train-per-class 50 --test-per-class 10 --epochs 20 --preset cifar100 --threads 1 --jobs 2 -q --optimizer adamw --lr 1e-3 --weight-decay 0 --classes 100 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.02,0.05,0.075,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,0.9,calibrated:10:0.7 --out runs/map/adamw-k100
 #   calibrate validate --train-per-class 50 --test-per-class 10 --epochs 20 --preset cifar100 --threads 1 --jobs 2 -q --optimizer sgd --lr 0.1 --classes 100 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.02,0.05,0.075,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,0.9,calibrated:10:0.1 --out runs/map/sgd-k100
+#   calibrate validate --train-per-class 50 --test-per-class 10 --epochs 20 --preset cifar100 --threads 1 --jobs 2 -q --optimizer sgd --lr 0.1 --classes 1000 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.15,0.25,calibrated:10:0.1,calibrated:100:0.2 --out runs/map/sgd-k1000
 # (7) the matched-steps budget: the reference K = 100 trained 200 epochs, as many optimizer
 # steps as K = 1000 in 20 (4000 against 3920)
 calibrate validate $C $SGD --classes 100 --epochs 200 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.1,0.2,0.3,0.4,0.5,0.7,0.9 --out runs/map/sgd-k100-200ep
