@@ -27,13 +27,13 @@ def test_shipped_verdicts_recompute_from_the_committed_runs():
     with open(build.PACKAGE_VERDICTS, encoding="utf-8") as fh:
         shipped = json.load(fh)
     assert build.package_verdicts(build.cells()) == shipped
-    with open(build.README, encoding="utf-8") as fh:  # the README's table is the same verdicts
-        readme = fh.read()
-    block = readme.split(build.MARKS[0])[1].split(build.MARKS[1])[0]
-    assert block == "\n" + build.summary(shipped)
-    for e in shipped["entries"]:  # every measured cell's ratio is in the README's table
-        if e["status"] != "not measured" and e["quantity"] != "mae-eps-peak":
-            assert f"{build._where(e)}: {e['ratio']:.2f}" in block
+    for path, link in build.SUMMARIES:  # the README's and the docs' tables: the same verdicts
+        with open(path, encoding="utf-8") as fh:
+            block = fh.read().split(build.MARKS[0])[1].split(build.MARKS[1])[0]
+        assert block == "\n" + build.summary(shipped, link)
+        for e in shipped["entries"]:  # every measured cell's ratio is in the table
+            if e["status"] != "not measured" and e["quantity"] != "mae-eps-peak":
+                assert f"{build._where(e)}: {e['ratio']:.2f}" in block
 
 
 def test_verdict_arithmetic():
