@@ -113,7 +113,7 @@ def record_invocation(path: str, entry: dict, **fields) -> None:
 def continue_state(cfg: TrainConfig) -> str:
     """For ``calibrate train --continue``: ``"complete"`` (nothing to do), ``"resume"`` (a
     checkpoint to continue) or ``"start"``. UsageError if ``cfg.out`` holds a run made with
-    other settings, or no ``--out`` is given."""
+    other settings or with more epochs done than ``cfg.epochs``, or no ``--out`` is given."""
     from .records import CHECKPOINT
 
     if not cfg.out:
@@ -124,7 +124,13 @@ def continue_state(cfg: TrainConfig) -> str:
         raise UsageError(f"--continue: '{cfg.out}' holds a run made with other settings; "
                          "give another --out")
     metrics = _read_metrics(cfg.out) or {}
-    if metrics.get("status") == "complete" and metrics.get("epochs_done") == cfg.epochs:
+    done = metrics.get("epochs_done")
+    if isinstance(done, int) and isinstance(cfg.epochs, int) and done > cfg.epochs:
+        # a run is extended, never cut back: "nothing to train" and exit 0 would leave a line
+        # that a grid emits again and again, and a run of `done` epochs under `cfg.epochs`
+        raise UsageError(f"--continue: '{cfg.out}' holds this run with {done} epochs, more than "
+                         f"--epochs {cfg.epochs}; give another --out")
+    if metrics.get("status") == "complete" and done == cfg.epochs:
         return "complete"
     return "resume" if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)) else "start"
 
