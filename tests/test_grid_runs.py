@@ -165,3 +165,28 @@ def test_report_only_beside_a_running_grid_writes_nothing(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert run("validate", *grid, "--report-only").exit_code == 0
     assert (out / "results.md").is_file()
+
+
+def test_a_grid_of_fewer_epochs_neither_reports_nor_reemits_a_longer_run(tmp_path):
+    """A run of 2 epochs in a grid asked for 1: emitted forever and tabulated as a 1-epoch
+    result before; now the grid says which run and exits 2, and the report counts it not."""
+    out = str(tmp_path / "g")
+    assert run("validate", *GRID, "--losses", "ce", "--seeds", "0", "--out", out).exit_code == 0
+    fewer = [a if a != "2" or GRID[i - 1] != "--epochs" else "1" for i, a in enumerate(GRID)]
+    r = run("validate", *fewer, "--losses", "ce", "--seeds", "0", "--out", out,
+            "--emit-commands")
+    one_line_error(r, 2, "more than --epochs 1")
+    before = load_json(os.path.join(out, "results.json"))
+    for extra in (["--report-only"], []):  # neither reports nor trains it as 1 epoch
+        r = run("validate", *fewer, "--losses", "ce", "--seeds", "0", "--out", out, *extra)
+        one_line_error(r, 2, "more than --epochs 1")
+    assert load_json(os.path.join(out, "results.json")) == before
+    # the report's own guard: a run with other epochs than the grid's is not counted
+    from calibrate_cli.train.validate import collect_results, run_dir
+
+    cells = [(v, "symmetric:0.4", 0) for v in parse_losses("ce")]
+    cfg = run_config({"epochs": 1}, cells[0][0], "symmetric:0.4", 0,
+                     run_dir(out, cells[0][0], "symmetric:0.4", 0))
+    res = collect_results(out, cells, [cfg], {"losses": ["ce"], "noise": ["symmetric:0.4"]}, "")
+    assert res["summary"][0]["n"] == 0
+    assert res["runs"][0]["status"] == "complete with 2 epochs, not 1"

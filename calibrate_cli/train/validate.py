@@ -397,6 +397,10 @@ def _complete(cfg: TrainConfig) -> bool:
             old = json.load(fh).get("config", {})
     except (OSError, ValueError, AttributeError):
         old = {}
+    done = m.get("epochs_done") or 0
+    if done > cfg.epochs:  # a grid of fewer epochs than the run has: not this grid's run
+        raise UsageError(f"'{cfg.out}' holds this run with {done} epochs, more than --epochs "
+                         f"{cfg.epochs}; give the grid another --out")
     changed = changed_result_fields(old, cfg)
     if changed and run_key(old) != run_key(cfg.to_dict()):
         raise UsageError(f"'{cfg.out}' holds a run made with other settings ({', '.join(changed)}); "
@@ -410,6 +414,9 @@ def collect_results(out, cells, configs, grid, command) -> dict:
         m = _read_metrics(cfg.out) or {}
         hist = m.get("epochs", [])
         derived = m.get("derived") or {}
+        status = m.get("status", "missing")
+        if status == "complete" and m.get("epochs_done") != cfg.epochs:  # not this grid's
+            status = f"complete with {m.get('epochs_done')} epochs, not {cfg.epochs}"
         top1 = [r["test_top1"] for r in hist]
         runs.append({
             "id": f"{slugify(v.label)}/{noise_slug(n)}/seed-{s}", "label": v.label,
@@ -418,7 +425,7 @@ def collect_results(out, cells, configs, grid, command) -> dict:
             "loss": v.loss, "params": derived.get("params", {}),
             "logit_bias": derived.get("epsilon", 0.0), "logit_std": derived.get("logit_std"),
             "noise": n, "noise_rate": (m.get("noise") or {}).get("rate"), "seed": s,
-            "status": m.get("status", "missing"), "dir": os.path.relpath(cfg.out, out),
+            "status": status, "dir": os.path.relpath(cfg.out, out),
             "epochs": [r["epoch"] for r in hist], "test_top1": top1,
             "train_acc_clean": [r["train_acc_clean"] for r in hist],
             "train_acc_noisy": [r["train_acc_noisy"] for r in hist],
