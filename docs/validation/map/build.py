@@ -431,10 +431,15 @@ def figure(all_cells, quantity, path):
                         ls="none")
         if c["baseline"]:
             ax.axhline(100 * c["baseline"]["last_mean"], color="0.4", ls=":", lw=1)
-        title = _setting(c).replace(", mlp1024", "").replace("symmetric 0.4", "40 % sym.")
-        title = title.replace("pairflip 0.4", "40 % pairflip")
-        status = f" [{v['status']}, {v['ratio']:.2f}×]" if v else " [not measured]"
-        ax.set_title(title + status, fontsize=7.5)
+        title = f"{OPTIMIZER_NAMES[c['optimizer']]}, K = {c['classes']}"
+        if c.get("reference_classes"):
+            title += f" from {c['reference_classes']}, {c['budget']}"
+        if c["model"] != "mlp1024":
+            title += f", {c['model']}"
+        if c["noise"] != SYM:
+            title += ", 40 % pairflip"
+        status = f"{v['status']}, {v['ratio']:.2f}×" if v else "not measured"
+        ax.set_title(f"{title}\n[{status}]", fontsize=7.5)
         ax.tick_params(labelsize=7)
         ax.set_xlabel({"eps": "ε"}.get(c["parameter"], c["parameter"]), fontsize=8)
         ax.grid(alpha=0.3)
