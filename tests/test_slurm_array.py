@@ -100,9 +100,12 @@ def test_array_tasks_run_their_lines_once(tmp_path):
     # the same grid with fewer epochs: its line cannot cut a 2-epoch run back to 1, so it fails
     # (exit 2, one line) and changes nothing; it used to print "nothing to train", exit 0 and
     # rewrite the run's records, and the grid emitted the line again and again
+    # (the grid itself refuses to emit it; a line written by hand meets the same check)
     fewer = [("1" if a == "2" and GRID[i - 1] == "--epochs" else a) for i, a in enumerate(GRID)]
     emitted = cli(tmp_path, "validate", *fewer, "--emit-commands")
-    (tmp_path / "fewer.txt").write_text(emitted.stdout)
+    assert emitted.returncode == 2 and "more than --epochs 1" in emitted.stderr, emitted.stderr
+    assert " --epochs 2 " in lines[0]
+    (tmp_path / "fewer.txt").write_text(lines[0].replace(" --epochs 2 ", " --epochs 1 ") + "\n")
     records = {p.name: p.read_bytes() for p in first.iterdir()}
     r = task(tmp_path, 1, "fewer.txt")
     assert r.returncode == 2, (r.stdout, r.stderr)
