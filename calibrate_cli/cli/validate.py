@@ -16,7 +16,7 @@ GRID, DATA, OPT, RUN = "Grid", "Data", "Training (every run)", "Run"
 
 HELP = """Train a grid of losses × noise levels × seeds and tabulate test accuracy (mean ± std over seeds, last and best epoch).
 
---losses takes loss names and variants: NAME* adds --logit-bias auto (mae* is MAE*), NAME@P=V sets a parameter, NAME@calibrated:P:K transfers P from its current value at K classes to the dataset's K and NAME@calibrated:P:K:V from the value V (NAME@calibrated: q from K = 100). Which computed values held in training: docs/validation.md (the GCE q transfer did not). --noise takes rates (0.4 = symmetric:0.4) or any 'calibrate train --noise' spec.
+--losses takes loss names and variants: NAME* adds --logit-bias auto (mae* is MAE*), NAME@P=V sets a parameter, NAME@calibrated:P:K transfers P from its current value at K classes to the dataset's K and NAME@calibrated:P:K:V from the value V (NAME@calibrated: q from K = 100). Which computed values held in training: docs/validation.md (the GCE q transfer did not with SGD). --noise takes rates (0.4 = symmetric:0.4) or any 'calibrate train --noise' spec.
 
 NAME*peak solves ε with the peak criterion and NAME*above takes the match root above the peak; NAME@eps=V fixes ε.
 

@@ -325,8 +325,9 @@ ADVICE = {
     "mae-eps": "SGD: use the computed ε. AdamW: use it at K = 100; at K = 1000 it is too "
                "large: sweep ε from about 3 up to the computed value",
     "mae-eps-peak": "use the match criterion (the default) instead",
-    "gce-q-transfer": "do not transfer q: sweep q at your K (on this protocol the best q "
-                      "hardly moved between K = 100 and 1000)",
+    "gce-q-transfer": "SGD: sweep q at your K (its best q rose with K here, the transfer "
+                      "lowers it). AdamW: the transfer from the best q one decade below held, "
+                      "from two decades below it did not",
     "gce-eps": "not measured: sweep ε, or use MAE*",
     "nce-agce-alpha": "not measured: sweep α",
     "nf-mae-alpha": "not measured: sweep α",
