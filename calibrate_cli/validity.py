@@ -4,7 +4,7 @@ Every value ``calibrate`` computes is exact for its criterion; whether it is the
 *train* with is an empirical question. The validity map (docs/validation.md) trains a sweep of
 fixed values around each computed one, per optimizer, K and noise, and gives each cell a status
 (``holds``: the computed value reaches at least 0.95 of the sweep's best accuracy; ``shifted``:
-0.8 to 0.95; ``fails``: below 0.8). Its verdicts ship in ``data/validity.json`` (written by
+0.8 to 0.95; ``fails``: below 0.8; ``nothing learns``: no value of the sweep reaches 5 × chance). Its verdicts ship in ``data/validity.json`` (written by
 docs/validation/map/build.py from the committed runs). :func:`note` turns the cells that match a
 computed quantity into one line for the commands' output and a record for their JSON.
 """
@@ -98,8 +98,9 @@ def note(quantity: str | None, *, optimizer: str | None = None,
     for opt in dict.fromkeys(e["optimizer"] for e in measured):
         rows = [e for e in measured if e["optimizer"] == opt]
         held = [e for e in rows if e["status"] == "holds"]
-        off = [e for e in rows if e["status"] != "holds"]
-        bad |= bool(off)
+        dead = [e for e in rows if e["status"] == "nothing learns"]
+        off = [e for e in rows if e not in held and e not in dead]
+        bad |= bool(off or dead)
         text = OPTIMIZER_NAMES.get(opt, opt)
         if held:
             text += " holds at " + ", ".join(f"{cell_text(e)} ({e['ratio']:.2f}×)"
@@ -108,6 +109,10 @@ def note(quantity: str | None, *, optimizer: str | None = None,
             text += (";" if held else "") + " off the optimum at " + ", ".join(
                 f"{cell_text(e)} ({e['ratio']:.2f}×: {sym} = {e['best_fixed']:g} beat "
                 f"{e['computed']:.3g})" for e in off)
+        if dead:
+            text += (";" if held or off else "") + " nothing in the sweep learned at " + \
+                ", ".join(f"{cell_text(e)} (best {e['best_top1']:g} %, the computed value "
+                          f"{e['computed_top1']:g} %)" for e in dead)
         parts.append(text)
     status = "caution" if bad else "validated"
     line = (f"{status}: " + "; ".join(parts) + f" (ratio: the computed value's accuracy over "

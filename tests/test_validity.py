@@ -47,6 +47,10 @@ def test_verdict_arithmetic():
     assert (v["below_within_1.5x"], v["above_within_1.5x"]) == (1, 1)  # 3 and 4 (2 < 3.5/1.5)
     pts[-1]["last_mean"] = 0.2
     assert build.verdict(pts, "mae*")["status"] == "fails"
+    # at K = 100 chance is 1 %: a sweep whose best is 4.9 % has nothing to compare
+    low = [dict(p, last_mean=p["last_mean"] / 8.1) for p in pts]
+    assert build.verdict(low, "mae*", classes=100)["status"] == "nothing learns"
+    assert build.verdict(pts, "mae*", classes=100)["status"] == "fails"
 
 
 def _entry(opt, status, ratio, k=1000):
@@ -68,6 +72,11 @@ def test_note_says_where_it_holds_and_where_not(monkeypatch):
     assert validity.note(None).status == "not validated"
     assert validity.note("gce-eps").status == "not validated"
     assert "\n" not in n.line
+    dead = dict(_entry("sgd", "nothing learns", 0.5), best_top1=0.9, computed_top1=0.45)
+    monkeypatch.setattr(validity, "_entries", lambda: [dead])
+    n = validity.note("mae-eps")
+    assert n.status == "caution" and "nothing in the sweep learned at K = 1000 (best 0.9 %, " \
+        "the computed value 0.45 %)" in n.line
 
 
 def test_quantities():

@@ -14,7 +14,9 @@ value is below the best one). Status, from the ratio of last-epoch test accuraci
 
 - ``holds``: ratio >= 0.95 (the computed value is as good as the sweep's best, within 5 %);
 - ``shifted``: 0.8 <= ratio < 0.95 (near the optimum, but a sweep finds a better value);
-- ``fails``: ratio < 0.8.
+- ``fails``: ratio < 0.8;
+- ``nothing learns``: no fixed value of the sweep reaches 5 × chance (1/K), so that there is
+  no optimum to compare with.
 
 The transfer cells test the transfer's premise as stated: GCE's q is swept at the reference
 K_ref, its empirical best q_ref is transferred to K (``gce@calibrated:q:K_ref:q_ref``, solved per
@@ -101,8 +103,12 @@ def _position(value, values):
     return float(len(values) - 1)
 
 
-def verdict(pts, computed):
-    """The verdict of the computed point labelled ``computed`` against the fixed points."""
+LEARNS = 5  # a sweep whose best fixed value is below 5 × chance (1/K) has nothing to compare
+
+
+def verdict(pts, computed, classes=None):
+    """The verdict of the computed point labelled ``computed`` against the fixed points
+    (status ``nothing learns`` where no fixed value reaches LEARNS × chance at ``classes``)."""
     fixed = sorted((p for p in pts if p["computed"] is None), key=lambda p: p["value"])
     c = next((p for p in pts if p["label"] == computed), None)
     if c is None or len(fixed) < 2:
@@ -114,6 +120,8 @@ def verdict(pts, computed):
     ratio = c["last_mean"] / best["last_mean"] if best["last_mean"] > 0 else None
     status = None if ratio is None else "holds" if ratio >= HOLDS else \
         "shifted" if ratio >= SHIFTED else "fails"
+    if classes and best["last_mean"] < LEARNS / classes:
+        status = "nothing learns"
     return {"computed_label": computed, "computed_value": c["value"],
             "computed_mean": c["last_mean"], "computed_std": c["last_std"], "n": c["n"],
             "best_value": best["value"], "best_mean": best["last_mean"],
@@ -196,7 +204,7 @@ def cells():
         out.append(dict(quantity=quantity, loss=loss, parameter=param, optimizer="sgd",
                         classes=1000, model="mlp1024", noise=SYM, budget="20 epochs",
                         points=pts, baseline=baseline(folders, SYM),
-                        verdict=verdict(pts, computed)))
+                        verdict=verdict(pts, computed, classes=1000)))
     return out
 
 
@@ -290,7 +298,8 @@ def markdown(all_cells):
              "(`data/`, and `../k1000/` for SGD at K = 1000). ratio: the computed value's "
              "last-epoch test top-1 over the sweep's best fixed value; steps: the computed "
              "value's distance from the sweep's argmax in sweep steps (negative: below it); "
-             "holds: ratio ≥ 0.95, shifted: 0.8–0.95, fails: < 0.8.", ""]
+             "holds: ratio ≥ 0.95, shifted: 0.8–0.95, fails: < 0.8; nothing learns: no "
+             "fixed value of the sweep reaches 5 × chance (1/K).", ""]
     for q, title in QUANTITY_TITLES.items():
         rows = [c for c in all_cells if c["quantity"] == q]
         lines += [f"## {title}", "",
@@ -359,7 +368,8 @@ def summary(verdicts, link="docs/validation.md"):
              "`cnn8`, the 8-layer CNN of the robust-loss literature, where named), 20 epochs, 40 % symmetric noise (pairflip "
              "where named), ≥ 2 seeds; each cell is the computed value's last-epoch test "
              "top-1 over the best of a sweep of fixed values around it (**holds** ≥ 0.95, "
-             "*shifted* 0.8–0.95, *fails* < 0.8). Every cell, sweep and run: "
+             "*shifted* 0.8–0.95, *fails* < 0.8; *nothing in the sweep learns*: no value of it "
+             "reaches 5 × chance). Every cell, sweep and run: "
              f"[{link.rsplit('/', 1)[-1]}]({link}).", "",
              "| computed value | SGD | AdamW | what to do |", "|---|---|---|---|"]
     for q, name in SUMMARY_NAMES.items():
@@ -367,7 +377,8 @@ def summary(verdicts, link="docs/validation.md"):
         for opt in OPTIMIZERS:
             rows = [e for e in entries if e["quantity"] == q and e["optimizer"] == opt
                     and e["status"] != "not measured"]
-            fmt = {"holds": "**holds**", "shifted": "*shifted*", "fails": "*fails*"}
+            fmt = {"holds": "**holds**", "shifted": "*shifted*", "fails": "*fails*",
+                   "nothing learns": "*nothing in the sweep learns*"}
             cols.append("; ".join(f"{_where(e)}: {e['ratio']:.2f} {fmt[e['status']]}"
                                   for e in rows) or "not measured")
         lines.append(f"| {name} | {cols[0]} | {cols[1]} | {ADVICE[q]} |")
