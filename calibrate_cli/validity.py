@@ -116,5 +116,5 @@ def note(quantity: str | None, *, optimizer: str | None = None,
         parts.append(text)
     status = "caution" if bad else "validated"
     line = (f"{status}: " + "; ".join(parts) + f" (ratio: the computed value's accuracy over "
-            f"the best of a sweep; glyphs, MLPs, 40 % noise; {DOCS})")
+            f"the best of a sweep; embedded glyphs, 40 % noise; {DOCS})")
     return Note(status, line, measured)

@@ -15,7 +15,7 @@ from .params import INT
 
 HELP = """Compute the tables of ε and recalibrated hyperparameters and write them to --out-dir.
 
-Tables: [bold]epsilon[/] (every bounded loss, criteria match and peak, 63 K from 2 to 10^6, logit std 0.05 to 2), [bold]q[/] (GCE's q from K = 100, q = 0.7 to every K), [bold]transfer[/] (NCE+AGCE and NF-MAE parameters from their CIFAR-100 presets), [bold]presets[/] (literature presets beside the computed values at K = 10, 50, 100, 1000). Each as <name>.csv, <name>.json and <name>.md, with a header saying how it was made; tables/README.md indexes them. Monte Carlo losses (NCE, NFL, biTemp and their combinations) draw 512 logit vectors per K, fewer at K above 8193 (see the headers). About a minute and a half with --jobs 2 on two cores (the four tables share the workers).
+Tables: [bold]epsilon[/] (every bounded loss, criteria match and peak, 63 K from 2 to 10^6, logit std 0.05 to 2), [bold]q[/] (GCE's q from K = 100, q = 0.7 to every K), [bold]transfer[/] (NCE+AGCE and NF-MAE parameters from their CIFAR-100 presets), [bold]presets[/] (literature presets beside the computed values at K = 10, 50, 100, 1000). Each as <name>.csv, <name>.json and <name>.md, with a header saying how it was made; tables/README.md indexes them. Monte Carlo losses (NCE, NFL, biTemp and their combinations) draw 512 logit vectors per K, fewer at K above 8193 (see the headers). About a minute with --jobs 2 on two cores (the four tables share the workers).
 
 [bold]Examples[/]
 
