@@ -457,3 +457,19 @@ def test_interrupt_during_the_checkpoint_is_held_until_the_bookkeeping_is_done()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_resume_on_other_hardware_says_so(tmp_path):
+    """--device/--precision auto pick per machine: a run started on a GPU in bf16 and resumed
+    on a CPU continues in fp32; the resume says so in one line."""
+    ok("train", *TINY, "--epochs", "1", "--out", tmp_path / "r")
+    path = tmp_path / "r" / "config.json"
+    record = load_json(path)
+    assert (record["device"], record["precision"]) == ("cpu", "fp32")
+    record.update(device="cuda:0", precision="bf16")  # as a GPU node would have written it
+    path.write_text(json.dumps(record))
+    r = ok("train", "--resume", "--epochs", "2", "--out", tmp_path / "r")
+    assert "note: the run's 1 epoch(s) so far were trained on cuda in bf16; it continues on cpu " \
+        "in fp32" in r.stdout + r.stderr
+    r = ok("train", "--resume", "--epochs", "3", "--out", tmp_path / "r")  # same hardware: quiet
+    assert "note: the run's" not in r.stdout + r.stderr

@@ -42,6 +42,7 @@ renamed. Every random draw of an epoch is seeded from (seed, epoch, rank), so
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -185,6 +186,22 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> str:
         raise UsageError(f"'{out}' already holds a run: pass --resume to continue it, or "
                          "choose another --out")
     return out
+
+
+def _note_hardware_change(out: str, device: str, precision: str, epochs: int, log) -> None:
+    """One line when a resumed run continues on another device or in another precision than it
+    was trained in (``--device auto`` and ``--precision auto`` pick per machine: a run started
+    on a GPU node in bf16 and resumed on a CPU node would continue in fp32 without a word)."""
+    try:
+        with open(os.path.join(out, "config.json"), encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (OSError, ValueError):
+        return
+    was = (str(old.get("device", device)).split(":")[0], old.get("precision", precision))
+    now = (device.split(":")[0], precision)
+    if was != now:
+        log(f"note: the run's {epochs} epoch(s) so far were trained on {was[0]} in {was[1]}; it "
+            f"continues on {now[0]} in {now[1]} (give --device and --precision to keep them)")
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, bundle=None, progress: bool = True,
@@ -354,6 +371,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
                              "another --out") from None
         history = list(state["history"])
         start = int(state["epoch"])
+        _note_hardware_change(out, str(device), precision, start, log)
         if start >= cfg.epochs:
             log(f"the run already has {start} epochs (--epochs {cfg.epochs}): nothing to train")
 
