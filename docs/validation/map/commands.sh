@@ -12,9 +12,9 @@
 #          decay 0 so that the two optimizers differ in the update rule alone)
 set -euo pipefail
 C="--train-per-class 50 --test-per-class 10 --epochs 20 --preset cifar100 --threads 1 --jobs 2 -q"
-# CE has no preset: its grids of (2) and (3) ran with --preset cifar100, which CE ignored then and
-# calibrate now refuses (a preset that no loss of the grid has); the runs are the same
-CE="--train-per-class 50 --test-per-class 10 --epochs 20 --threads 1 --jobs 2 -q"
+# CE and MAE have no preset: their grids of (2)-(5) ran with --preset cifar100, which they ignored
+# then and calibrate now refuses (a preset that no loss of the grid has); the runs are the same
+NP="--train-per-class 50 --test-per-class 10 --epochs 20 --threads 1 --jobs 2 -q"
 SGD="--optimizer sgd --lr 0.1"
 ADAMW="--optimizer adamw --lr 1e-3 --weight-decay 0"
 GCE_Q="q=0.02,0.05,0.075,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,0.9"
@@ -29,25 +29,25 @@ calibrate validate $C $ADAMW --classes 10 --test-per-class 100 --noise 0.4 --see
 # (2) K = 100: CE, MAE's ε, GCE's q
 for OPT in sgd adamw; do
   O=$SGD; [ $OPT = adamw ] && O=$ADAMW
-  calibrate validate $CE $O --classes 100 --noise 0.4,pairflip:0.4 --seeds 0,1,2 --losses ce --out runs/map/$OPT-k100
-  calibrate validate $C $O --classes 100 --noise 0.4,pairflip:0.4 --seeds 0,1,2 --losses mae --sweep eps=0,1,1.5,2,2.2,match,2.6,3,3.6,4.5,peak --out runs/map/$OPT-k100
+  calibrate validate $NP $O --classes 100 --noise 0.4,pairflip:0.4 --seeds 0,1,2 --losses ce --out runs/map/$OPT-k100
+  calibrate validate $NP $O --classes 100 --noise 0.4,pairflip:0.4 --seeds 0,1,2 --losses mae --sweep eps=0,1,1.5,2,2.2,match,2.6,3,3.6,4.5,peak --out runs/map/$OPT-k100
   calibrate validate $C $O --classes 100 --noise 0.4 --seeds 0,1,2 --losses gce --sweep $GCE_Q --out runs/map/$OPT-k100
 done
 # (3) K = 1000, AdamW: CE and MAE's ε
-calibrate validate $CE $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/adamw-k1000
-calibrate validate $C $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=0,2,3,3.5,4,4.25,match,5,5.5,6,peak,8 --out runs/map/adamw-k1000
+calibrate validate $NP $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/adamw-k1000
+calibrate validate $NP $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=0,2,3,3.5,4,4.25,match,5,5.5,6,peak,8 --out runs/map/adamw-k1000
 # (4) K = 1000, SGD: MAE's ε densified around the computed 4.71 (the other points: docs/validation/k1000)
-calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses mae --sweep eps=3.5,4.25,5 --out runs/map/sgd-k1000
+calibrate validate $NP $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses mae --sweep eps=3.5,4.25,5 --out runs/map/sgd-k1000
 # (5) K = 1000: GCE's q (SGD: the points docs/validation/k1000 lacks)
 calibrate validate $C $ADAMW --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7 --out runs/map/adamw-k1000
 calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1,2 --losses gce --sweep q=0.15,0.25 --out runs/map/sgd-k1000
 # (5b) a second model for MAE's ε at K = 1000: a narrower, deeper MLP (3 hidden layers of 256);
 # with AdamW, a fixed point at ε = ½ ln K = 3.454 (a candidate fitted to the AdamW optima of
 # mlp1024 at K = 100 and 1000, tested here on a model it was not fitted on)
-calibrate validate $CE $ADAMW --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/adamw-k1000-mlp256x3
-calibrate validate $C $ADAMW --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=2,2.5,3,3.454,4,match,5.5 --out runs/map/adamw-k1000-mlp256x3
-calibrate validate $CE $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/sgd-k1000-mlp256x3
-calibrate validate $C $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=3.454,4,match,5.5,6 --out runs/map/sgd-k1000-mlp256x3
+calibrate validate $NP $ADAMW --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/adamw-k1000-mlp256x3
+calibrate validate $NP $ADAMW --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=2,2.5,3,3.454,4,match,5.5 --out runs/map/adamw-k1000-mlp256x3
+calibrate validate $NP $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/sgd-k1000-mlp256x3
+calibrate validate $NP $SGD --classes 1000 --model mlp256x3 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=3.454,4,match,5.5,6 --out runs/map/sgd-k1000-mlp256x3
 # (6) the transfer points: GCE's q transferred from the empirical best q at K_ref, added to the
 # sweeps above once the reference sweep is complete (`python docs/validation/map/build.py
 # missing` prints these commands; the fixed points are complete and skipped)
@@ -63,8 +63,8 @@ calibrate validate $C $SGD --classes 100 --epochs 200 --noise 0.4 --seeds 0,1 --
 calibrate validate $C $ADAMW --classes 100 --epochs 200 --noise 0.4 --seeds 0,1 --losses gce --sweep q=0.1,0.2,0.3,0.4,0.5,0.7,0.9 --out runs/map/adamw-k100-200ep
 # (8) a convolutional model: cnn8 at K = 100 (one 20-epoch cnn8 run at K = 1000 takes about
 # 90 minutes of one CPU core, 268 s per epoch, against 2.5 minutes for mlp1024)
-calibrate validate $CE $SGD --classes 100 --model cnn8 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/sgd-k100-cnn8
-calibrate validate $C $SGD --classes 100 --model cnn8 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=1.6,2,match,2.8,3.6 --out runs/map/sgd-k100-cnn8
+calibrate validate $NP $SGD --classes 100 --model cnn8 --noise 0.4 --seeds 0,1 --losses ce --out runs/map/sgd-k100-cnn8
+calibrate validate $NP $SGD --classes 100 --model cnn8 --noise 0.4 --seeds 0,1 --losses mae --sweep eps=1.6,2,match,2.8,3.6 --out runs/map/sgd-k100-cnn8
 # (9) other computed values, SGD, K = 1000: GCE's logit bias (gce*), NCE+AGCE's and NF-MAE's α
 # transferred from their CIFAR-100 presets (α = 10 at K = 100)
 calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep eps=3,4,4.25,match,5,5.5,6 --out runs/map/sgd-k1000
