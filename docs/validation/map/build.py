@@ -340,7 +340,8 @@ ADVICE = {
                       "from two decades below it did not",
     "gce-eps": "the best ε was lower (4 against 4.71); GCE with its q swept did better "
                "without a bias",
-    "nce-agce-alpha": "not measured: sweep α",
+    "nce-agce-alpha": "do not use the transferred α; even the sweep's largest α (1000) stayed "
+                      "far below CE at K = 1000",
     "nf-mae-alpha": "not measured: sweep α",
 }
 SUMMARY_NAMES = {
