@@ -342,7 +342,8 @@ ADVICE = {
                "without a bias",
     "nce-agce-alpha": "do not use the transferred α; even the sweep's largest α (1000) stayed "
                       "far below CE at K = 1000",
-    "nf-mae-alpha": "not measured: sweep α",
+    "nf-mae-alpha": "do not use the transferred α; even the sweep's best α stayed far below "
+                    "CE at K = 1000",
 }
 SUMMARY_NAMES = {
     "mae-eps": "MAE's ε, `calibrate epsilon` (match)",

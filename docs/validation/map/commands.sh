@@ -70,5 +70,4 @@ calibrate validate $NP $SGD --classes 100 --model cnn8 --noise 0.4 --seeds 0,1 -
 # transferred from their CIFAR-100 presets (α = 10 at K = 100)
 calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses gce --sweep eps=3,4,4.25,match,5,5.5,6 --out runs/map/sgd-k1000
 calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nce-agce --sweep alpha=10,120,140,calibrated,200,250,1000 --out runs/map/sgd-k1000
-# not run yet (the map lists NF-MAE's α as not measured):
 calibrate validate $C $SGD --classes 1000 --noise 0.4 --seeds 0,1 --losses nf-mae --sweep alpha=10,150,180,calibrated,250,300,1000 --out runs/map/sgd-k1000
