@@ -4,7 +4,8 @@ Every value ``calibrate`` computes is exact for its criterion; whether it is the
 *train* with is an empirical question. The validity map (docs/validation.md) trains a sweep of
 fixed values around each computed one, per optimizer, K and noise, and gives each cell a status
 (``holds``: the computed value reaches at least 0.95 of the sweep's best accuracy; ``shifted``:
-0.8 to 0.95; ``fails``: below 0.8; ``nothing learns``: no value of the sweep reaches 5 × chance). Its verdicts ship in ``data/validity.json`` (written by
+0.8 to 0.95; ``fails``: below 0.8; ``nothing learns``: no value of the sweep reaches
+5 × chance). Its verdicts ship in ``data/validity.json`` (written by
 docs/validation/map/build.py from the committed runs). :func:`note` turns the cells that match a
 computed quantity into one line for the commands' output and a record for their JSON.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 DOCS = "docs/validation.md"
 _PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "validity.json")
@@ -35,6 +37,7 @@ class Note:
         return {"status": self.status, "note": self.line, "docs": DOCS, "cells": self.cells}
 
 
+@lru_cache(maxsize=1)
 def _entries() -> list[dict]:
     try:
         with open(_PATH, encoding="utf-8") as fh:

@@ -276,8 +276,11 @@ class CalibratedLoss(torch.nn.Module):
     _STATE = ("params", "epsilon", "logit_std", "logit_std_source", "calibrated", "epsilon_info")
 
     def get_extra_state(self) -> dict:
-        """ε and the parameters in ``state_dict()``: a checkpoint restores them as chosen."""
-        return {**self.to_dict(), "ready": self._fn is not None}
+        """ε and the parameters in ``state_dict()``: a checkpoint restores them as chosen (the
+        map's verdict is not state: ``to_dict()`` gives it)."""
+        state = self.to_dict()
+        del state["validation"]
+        return {**state, "ready": self._fn is not None}
 
     def set_extra_state(self, state: dict) -> None:
         """Restore what :meth:`get_extra_state` saved, each field checked as the constructor

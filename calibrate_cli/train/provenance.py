@@ -16,12 +16,21 @@ from ..errors import UsageError
 from .config import RESULT_FIELDS, TrainConfig
 
 
-def _read_metrics(path: str) -> dict | None:
+def read_metrics(path: str) -> dict | None:
     try:
         with open(os.path.join(path, "metrics.json"), encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, ValueError):
         return None
+
+
+def refuse_longer_run(cfg, done, prefix: str = "") -> None:
+    """A run is extended, never cut back: a folder whose run has more epochs than ``cfg.epochs``
+    is refused (reported as done, it would be tabulated as this grid's result, and a grid would
+    emit its line again and again)."""
+    if isinstance(done, int) and isinstance(cfg.epochs, int) and done > cfg.epochs:
+        raise UsageError(f"{prefix}'{cfg.out}' holds this run with {done} epochs, more than "
+                         f"--epochs {cfg.epochs}; give another --out")
 
 
 def run_key(config: dict) -> str:
@@ -71,7 +80,7 @@ def share_runs(out: str, configs: list[TrainConfig]) -> list[TrainConfig]:
     for path in sorted(glob.glob(os.path.join(glob.escape(out), "runs", "*", "*", "seed-*"))):
         saved = _saved_config(path)
         if saved is not None:
-            complete = (_read_metrics(path) or {}).get("status") == "complete"
+            complete = (read_metrics(path) or {}).get("status") == "complete"
             k = run_key(saved)
             if k not in known or complete:
                 known[k] = (path, saved)
@@ -123,13 +132,9 @@ def continue_state(cfg: TrainConfig) -> str:
                                                           "epochs": saved.get("epochs")}):
         raise UsageError(f"--continue: '{cfg.out}' holds a run made with other settings; "
                          "give another --out")
-    metrics = _read_metrics(cfg.out) or {}
+    metrics = read_metrics(cfg.out) or {}
     done = metrics.get("epochs_done")
-    if isinstance(done, int) and isinstance(cfg.epochs, int) and done > cfg.epochs:
-        # a run is extended, never cut back: "nothing to train" and exit 0 would leave a line
-        # that a grid emits again and again, and a run of `done` epochs under `cfg.epochs`
-        raise UsageError(f"--continue: '{cfg.out}' holds this run with {done} epochs, more than "
-                         f"--epochs {cfg.epochs}; give another --out")
+    refuse_longer_run(cfg, done, "--continue: ")
     if metrics.get("status") == "complete" and done == cfg.epochs:
         return "complete"
     return "resume" if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)) else "start"

@@ -59,7 +59,7 @@ from ..errors import UsageError
 from ..utils.lock import lock_folder
 from ..utils.numbers import number_text
 from .config import TrainConfig, changed_result_fields, resolve_config, slugify
-from .provenance import record_invocation, run_key, share_runs
+from .provenance import read_metrics, record_invocation, refuse_longer_run, run_key, share_runs
 from .report import SUMMARY_FIELDS, _mean, _std, markdown_table, write_results  # noqa: F401
 
 RESULTS_VERSION = 1
@@ -217,14 +217,6 @@ def run_config(base: dict, variant: LossVariant, noise: str, seed: int, out: str
 
 def run_dir(out: str, variant: LossVariant, noise: str, seed: int) -> str:
     return os.path.join(out, "runs", slugify(variant.label), noise_slug(noise), f"seed-{seed}")
-
-
-def _read_metrics(path: str) -> dict | None:
-    try:
-        with open(os.path.join(path, "metrics.json"), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
 
 
 def grid_cells(variants: list[LossVariant], noises: list[str], seeds: list[int]) -> list[tuple]:
@@ -389,7 +381,7 @@ def _run_cells(out, base, variants, noises, seeds, cells, configs, bundle, *, pr
 
 def _complete(cfg: TrainConfig) -> bool:
     """Whether the run in ``cfg.out`` is done; UsageError if it was made with other settings."""
-    m = _read_metrics(cfg.out)
+    m = read_metrics(cfg.out)
     if not m:
         return False
     try:
@@ -397,10 +389,7 @@ def _complete(cfg: TrainConfig) -> bool:
             old = json.load(fh).get("config", {})
     except (OSError, ValueError, AttributeError):
         old = {}
-    done = m.get("epochs_done") or 0
-    if done > cfg.epochs:  # a grid of fewer epochs than the run has: not this grid's run
-        raise UsageError(f"'{cfg.out}' holds this run with {done} epochs, more than --epochs "
-                         f"{cfg.epochs}; give the grid another --out")
+    refuse_longer_run(cfg, m.get("epochs_done"))
     changed = changed_result_fields(old, cfg)
     if changed and run_key(old) != run_key(cfg.to_dict()):
         raise UsageError(f"'{cfg.out}' holds a run made with other settings ({', '.join(changed)}); "
@@ -411,7 +400,7 @@ def _complete(cfg: TrainConfig) -> bool:
 def collect_results(out, cells, configs, grid, command) -> dict:
     runs = []
     for (v, n, s), cfg in zip(cells, configs):
-        m = _read_metrics(cfg.out) or {}
+        m = read_metrics(cfg.out) or {}
         hist = m.get("epochs", [])
         derived = m.get("derived") or {}
         status = m.get("status", "missing")
