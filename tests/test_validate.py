@@ -309,6 +309,25 @@ def test_report_only_tabulates_the_complete_runs_and_trains_nothing(tmp_path):
     assert r.exit_code == 2 and "holds no runs" in r.stderr
 
 
+def test_a_log_line_is_one_write_with_its_newline():
+    """The workers' and the grid's lines go out in one write each: a worker killed between the
+    text and its newline (``print`` writes them apart on unbuffered stderr) glued the grid's
+    one-line error onto its half line."""
+    from calibrate_cli.utils.progress import log_line
+
+    writes = []
+
+    class Stream:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            writes.append(None)
+
+    log_line("epoch 3/20  loss 0.5", Stream())
+    assert writes == ["epoch 3/20  loss 0.5\n", None]
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 def test_a_killed_worker_is_one_line_with_the_resume_hint(tmp_path):
     """kill -9 of one worker of `validate --jobs 2`: one line on stderr that says the epochs are

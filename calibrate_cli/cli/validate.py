@@ -104,8 +104,7 @@ def validate(
     for k in ("loss", "logit_bias", "calibrate", "calibrate_from", "noise", "seed", "out"):
         base.pop(k, None)  # set per run by the grid
     command = "calibrate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    from ..utils.progress import log_line as log
 
     if emit_commands and report_only:
         raise UsageError("give --emit-commands or --report-only, not both")

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from typing import Callable
 
 import numpy as np
@@ -234,7 +233,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
            log_stream, resume_hint: str | None, lock: RunLock) -> TrainResult:
     from ..utils.atomic import check_folder
     from ..losses import get_loss, resolve_params
-    from ..utils.progress import slow_step
+    from ..utils.progress import log_line, slow_step
     from . import threads as T
     from .models import create_model
     from .noise import apply_noise, save_noisy_labels
@@ -248,8 +247,7 @@ def _train(cfg: TrainConfig, *, resume: bool, bundle, progress: bool, command: s
 
     def log(msg: str) -> None:
         if dist.main:
-            stream = sys.stderr if log_stream is None else log_stream
-            print(msg, file=stream, flush=True)
+            log_line(msg, log_stream)
 
     if cfg.tensorboard:
         try:

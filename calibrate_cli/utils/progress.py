@@ -19,6 +19,16 @@ _FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 _ACTIVE = threading.local()
 
 
+def log_line(message: str, stream=None) -> None:
+    """``message`` and its newline to ``stream`` (default stderr) in one write, then flushed.
+    ``print`` writes the two apart, and with unbuffered output (``PYTHONUNBUFFERED``, ``-u``) a
+    process killed between them leaves a line without its end, onto which the next process's
+    line (the grid's one-line error, say) is glued."""
+    stream = sys.stderr if stream is None else stream
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def interactive(stream=None) -> bool:
     """Whether ``stream`` (default stderr) is a terminal."""
     stream = sys.stderr if stream is None else stream
