@@ -61,3 +61,46 @@ def cli(tmp_path, *args, **kw):
     """``calibrate ARGS`` in a fresh process, cwd ``tmp_path``."""
     return subprocess.run([sys.executable, "-m", "calibrate_cli", *map(str, args)], cwd=tmp_path,
                           env=env(tmp_path), capture_output=True, text=True, timeout=300, **kw)
+
+
+def two_ranks(argv, cwd, extra_env=None, timeout=240):
+    """``argv`` as the two ranks of a CPU process group (WORLD_SIZE 2 on localhost); a free port
+    may be taken between its choice and its use, so a launch that lost it is tried again (three
+    times; ``argv`` may be a function of the attempt, 0 to 2, to give each its own folder).
+    Returns the two processes, their (stdout, stderr) and the attempt that ran."""
+    import socket
+
+    for attempt in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **(extra_env or {}))
+        cmd = argv(attempt) if callable(argv) else argv
+        procs = [subprocess.Popen(cmd, cwd=cwd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for r in range(2)]
+        outs = [p.communicate(timeout=timeout) for p in procs]
+        if not any("address already in use" in err.lower() for _, err in outs):
+            break
+    return procs, outs, attempt
+
+
+def initial_predictions(model, classes, train_per_class, test_per_class, split):
+    """The class each image of the glyphs' ``split`` gets from ``model`` as created (seeded, the
+    weights a run starts from, normalised as the trainer does), and that split's labels."""
+    import numpy as np
+    import torch
+
+    from calibrate_cli.train.data import load_dataset
+    from calibrate_cli.train.models import create_model
+
+    bundle = load_dataset("glyphs", classes=classes, train_per_class=train_per_class,
+                          test_per_class=test_per_class)
+    net = create_model(model, num_classes=classes, in_channels=1, image_size=bundle.image_size)
+    part = getattr(bundle, split)
+    x = torch.tensor(part.images, dtype=torch.float32).permute(0, 3, 1, 2) / 255
+    with torch.no_grad():
+        pred = net((x - bundle.mean[0]) / bundle.std[0]).argmax(1).numpy()
+    return pred, np.asarray(part.labels)
+

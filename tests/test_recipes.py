@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import types
 
@@ -21,9 +19,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import calibrate_cli as cal  # noqa: E402
+from helpers import REPO, two_ranks  # noqa: E402
 
 torch.set_num_threads(1)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(REPO, "docs", "integrations.md")
 README = os.path.join(REPO, "README.md")
 RECIPES = ("plain-loop", "lightning", "hf-trainer", "timm", "ddp")
@@ -191,27 +189,12 @@ print(json.dumps({"own_std": own_std, "std": criterion.logit_std, "epsilon": cri
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_torchrun_two_processes(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(DDP_PREAMBLE + recipe("ddp") + DDP_POSTAMBLE)
-    for _ in range(3):  # the free port may be taken between its choice and its use
-        env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                   CUDA_VISIBLE_DEVICES="")
-        procs = [subprocess.Popen([sys.executable, str(script)], cwd=tmp_path,
-                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for r in range(2)]
-        outs = [p.communicate(timeout=240) for p in procs]
-        if not any("address already in use" in err.lower() for _, err in outs):
-            break
+    procs, outs, _ = two_ranks([sys.executable, str(script)], cwd=tmp_path,
+                            extra_env={"CUDA_VISIBLE_DEVICES": ""})
     assert all(p.returncode == 0 for p in procs), outs
     r0, r1 = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     assert r0["own_std"] != r1["own_std"]  # each shard measures differently ...

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ from calibrate_cli.train import loop  # noqa: E402
 from calibrate_cli.train.config import resolve_config  # noqa: E402
 from calibrate_cli.train.data import load_dataset  # noqa: E402
 from calibrate_cli.train.models import create_model  # noqa: E402
-from helpers import REPO, TINY, load_json, ok, run  # noqa: E402
+from helpers import REPO, TINY, initial_predictions, load_json, ok, run, two_ranks  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: threads only add spin-waiting on a busy CI machine
 VOLATILE = ("samples_per_s", "time_s")
@@ -140,27 +139,12 @@ def test_config_file_and_overrides(tmp_path):
 
 # ------------------------------------------------------------------------- DDP
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_equal_one(tmp_path):
     args = ["train", "--classes", "10", "--train-per-class", "10", "--test-per-class", "3",
             "--model", "mlp32", "--batch-size", "24", "--epochs", "2", "--loss", "mae",
             "--logit-bias", "2", "--grad-clip", "0.5", "--noise", "0.2", "--device", "cpu", "-q"]
-    for attempt in range(3):  # the free port may be taken between its choice and its use
-        env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-        procs = [subprocess.Popen([sys.executable, "-m", "calibrate_cli", *args, "--out",
-                                   str(tmp_path / f"ddp{attempt}")], cwd=REPO,
-                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for r in range(2)]
-        outs = [p.communicate(timeout=240) for p in procs]
-        if not any("address already in use" in err.lower() for _, err in outs):
-            break
+    procs, outs, attempt = two_ranks(lambda a: [sys.executable, "-m", "calibrate_cli", *args,
+                                                "--out", str(tmp_path / f"ddp{a}")], cwd=REPO)
     assert all(p.returncode == 0 for p in procs), outs
     os.replace(tmp_path / f"ddp{attempt}", tmp_path / "ddp")
     ok(*args, "--out", tmp_path / "one")
@@ -202,12 +186,8 @@ def test_bias_does_not_enter_evaluation(tmp_path):
     res = loop.train(cfg, progress=False)
     row = res.history[0]
     # with lr ~ 0 the weights are the initial ones: accuracies are those of the raw logits
-    bundle = load_dataset("glyphs", classes=10, train_per_class=6, test_per_class=4)
-    model = create_model("mlp32", num_classes=10, in_channels=1, image_size=bundle.image_size)
-    x = torch.tensor(bundle.test.images, dtype=torch.float32).permute(0, 3, 1, 2) / 255
-    with torch.no_grad():
-        pred = model((x - bundle.mean[0]) / bundle.std[0]).argmax(1).numpy()
-    assert row["test_top1"] == pytest.approx(np.mean(pred == bundle.test.labels))
+    pred, labels = initial_predictions("mlp32", 10, 6, 4, "test")
+    assert row["test_top1"] == pytest.approx(np.mean(pred == labels))
     # a bias of 5 would make nearly every training prediction "correct"; the raw logits do not
     assert row["train_acc_noisy"] < 0.5
     # the recorded loss is the loss at the shifted logits: MAE 2(1-p) with p near 1

@@ -17,11 +17,9 @@ torch = pytest.importorskip("torch")
 from calibrate_cli.errors import UsageError  # noqa: E402
 from calibrate_cli.train import loop  # noqa: E402
 from calibrate_cli.train.config import resolve_config  # noqa: E402
-from calibrate_cli.train.data import load_dataset  # noqa: E402
-from calibrate_cli.train.models import create_model  # noqa: E402
 from calibrate_cli.train.sweep import parse_sweep  # noqa: E402
 from calibrate_cli.train.validate import grid_cells, parse_losses  # noqa: E402
-from helpers import load_json, ok, run  # noqa: E402
+from helpers import initial_predictions, load_json, ok, run  # noqa: E402
 
 torch.set_num_threads(1)
 GRID = ["--classes", "10", "--train-per-class", "6", "--test-per-class", "3", "--model", "mlp32",
@@ -57,13 +55,8 @@ def test_memorisation_metrics_by_hand(tmp_path):
                                          out=str(tmp_path / "r")))
     res = loop.train(cfg, progress=False)
     row = res.history[0]
-    bundle = load_dataset("glyphs", classes=10, train_per_class=12, test_per_class=4)
-    model = create_model("mlp64", num_classes=10, in_channels=1, image_size=bundle.image_size)
-    x = torch.tensor(bundle.train.images, dtype=torch.float32).permute(0, 3, 1, 2) / 255
-    with torch.no_grad():
-        pred = model((x - bundle.mean[0]) / bundle.std[0]).argmax(1).numpy()
+    pred, clean = initial_predictions("mlp64", 10, 12, 4, "train")
     noisy = np.load(tmp_path / "r" / "noisy_labels.npz")["labels"]
-    clean = np.asarray(bundle.train.labels)
     moved = noisy != clean
     assert moved.sum() == 60  # half of 12 per class, 10 classes
     assert row["memorised"] == pytest.approx(np.mean(pred[moved] == noisy[moved]), abs=1e-12)

@@ -48,19 +48,24 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     return v
 
 
+def _number(value: Any, name: str, expected: str) -> float:
+    """``value`` (a number, or a string holding one) as a float; the error names ``name`` and
+    says what was ``expected``."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"{name} must be {expected}, got {value!r}") from None
+    if is_number(value):
+        return float(value)
+    raise ArgumentTypeError(f"{name} must be {expected}, got {value!r}")
+
+
 def parse_bias(value: Any) -> float | str:
     """``logit_bias``: ``"auto"`` or a finite number with |ε| <= MAX_LOGIT_BIAS."""
-    if isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return "auto"
-        try:
-            eps = float(value)
-        except ValueError:
-            raise UsageError(f"logit_bias must be 'auto' or a number, got {value!r}") from None
-    elif is_number(value):
-        eps = float(value)
-    else:
-        raise ArgumentTypeError(f"logit_bias must be 'auto' or a number, got {value!r}")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    eps = _number(value, "logit_bias", "'auto' or a number")
     if not math.isfinite(eps) or abs(eps) > MAX_LOGIT_BIAS:
         raise UsageError(f"logit_bias must be 'auto' or a finite number in [-{MAX_LOGIT_BIAS:g}, "
                          f"{MAX_LOGIT_BIAS:g}], got {value!r}")
@@ -69,15 +74,7 @@ def parse_bias(value: Any) -> float | str:
 
 def parse_std(value: Any) -> float:
     """``logit_std`` as a number: in (0, MAX_STD]."""
-    if isinstance(value, str):
-        try:
-            s = float(value)
-        except ValueError:
-            raise UsageError(f"logit_std must be a positive number or 'measure', got {value!r}") from None
-    elif is_number(value):
-        s = float(value)
-    else:
-        raise ArgumentTypeError(f"logit_std must be a positive number or 'measure', got {value!r}")
+    s = _number(value, "logit_std", "a positive number or 'measure'")
     if not (math.isfinite(s) and 0 < s <= MAX_STD):
         raise UsageError(f"logit_std must be in (0, {MAX_STD:g}] or 'measure', got {value!r}")
     return s

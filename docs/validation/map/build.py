@@ -54,6 +54,15 @@ BUDGET = "not run within this map's CPU budget"
 SECOND_MODELS = (("sgd", 100, "cnn8", None), ("adamw", 100, "cnn8", None),
                  ("sgd", 1000, "cnn8", CNN8_K1000), ("adamw", 1000, "cnn8", CNN8_K1000),
                  ("sgd", 1000, "mlp256x3", None), ("adamw", 1000, "mlp256x3", None))
+# GCE's q carried from K_ref to K: (optimizer, K_ref, K, budget, model, why not measured)
+TRANSFERS = tuple((opt, k_ref, k, budget, "mlp1024", None) for opt in OPTIMIZERS
+                  for k_ref, k, budget in ((10, 100, "fixed epochs"), (10, 1000, "fixed epochs"),
+                                           (100, 1000, "fixed epochs"),
+                                           (100, 1000, "matched steps"))) + (
+    ("sgd", 10, 100, "fixed epochs", "cnn8", None),
+    ("adamw", 10, 100, "fixed epochs", "cnn8", None),
+    ("sgd", 10, 1000, "fixed epochs", "cnn8", CNN8_K1000),
+    ("adamw", 10, 1000, "fixed epochs", "cnn8", CNN8_K1000))
 
 
 def _load(path):
@@ -135,15 +144,22 @@ def verdict(pts, computed, classes=None):
 
 # ------------------------------------------------------------------ the cells
 
-def _k10(opt):
+def _model(model):
+    """The folder names' suffix of a model (none for mlp1024)."""
+    return "" if model == "mlp1024" else f"-{model}"
+
+
+def _k10(opt, model="mlp1024"):
     """The K = 10 reference sweep: 100 test images per class where that sweep exists."""
-    precise = f"{opt}-k10-t100"
+    precise = f"{opt}-k10-t100{_model(model)}"
     return precise if os.path.isfile(os.path.join(DATA, precise, "sweep-gce-q.json")) else \
-        f"{opt}-k10"
+        f"{opt}-k10{_model(model)}"
 
 
-def _target(opt, k):
-    return ([f"{opt}-k{k}", "k1000"] if (opt, k) == ("sgd", 1000) else [f"{opt}-k{k}"])
+def _target(opt, k, model="mlp1024"):
+    if model != "mlp1024":
+        return [f"{opt}-k{k}{_model(model)}"]
+    return [f"{opt}-k{k}", "k1000"] if (opt, k) == ("sgd", 1000) else [f"{opt}-k{k}"]
 
 
 def empirical_best(folder, sweep="sweep-gce-q", noise=SYM):
@@ -179,21 +195,19 @@ def cells():
                         budget="20 epochs", points=pts, baseline=baseline(folders, SYM),
                         verdict=verdict(pts, "mae*"), why=why,
                         candidate=verdict(pts, "mae@eps=3.454") if k == 1000 else None))
-    for opt in OPTIMIZERS:
-        for k_ref, k, budget in ((10, 100, "fixed epochs"), (10, 1000, "fixed epochs"),
-                                 (100, 1000, "fixed epochs"), (100, 1000, "matched steps")):
-            ref_folder = _k10(opt) if k_ref == 10 else \
-                f"{opt}-k100" + ("-200ep" if budget == "matched steps" else "")
-            best = empirical_best(ref_folder)
-            folders = _target(opt, k)
-            pts = points(folders, "sweep-gce-q", SYM)
-            label = None if best is None else \
-                f"gce@calibrated:q:{k_ref}:{_label_value(best['value'])}"
-            out.append(dict(quantity="gce-q-transfer", loss="gce", parameter="q",
-                            optimizer=opt, classes=k, reference_classes=k_ref, model="mlp1024",
-                            noise=SYM, budget=budget, reference_folder=ref_folder,
-                            reference_best=best, points=pts, baseline=baseline(folders, SYM),
-                            verdict=None if label is None else verdict(pts, label)))
+    for opt, k_ref, k, budget, model, why in TRANSFERS:
+        ref_folder = _k10(opt, model) if k_ref == 10 else \
+            f"{opt}-k100" + ("-200ep" if budget == "matched steps" else "")
+        best = empirical_best(ref_folder)
+        folders = _target(opt, k, model)
+        pts = points(folders, "sweep-gce-q", SYM)
+        label = None if best is None else \
+            f"gce@calibrated:q:{k_ref}:{_label_value(best['value'])}"
+        out.append(dict(quantity="gce-q-transfer", loss="gce", parameter="q",
+                        optimizer=opt, classes=k, reference_classes=k_ref, model=model,
+                        noise=SYM, budget=budget, reference_folder=ref_folder,
+                        reference_best=best, points=pts, baseline=baseline(folders, SYM),
+                        verdict=None if label is None else verdict(pts, label), why=why))
     for quantity, loss, param, sweep, computed in (
             ("gce-eps", "gce", "eps", "sweep-gce-eps", "gce*"),
             ("nce-agce-alpha", "nce-agce", "alpha", "sweep-nce-agce-alpha",
@@ -250,7 +264,7 @@ def missing(src=os.path.join(REPO, "runs", "map")):
     for c in cells():
         if c["quantity"] != "gce-q-transfer" or c["reference_best"] is None:
             continue
-        folder = f"{c['optimizer']}-k{c['classes']}"
+        folder = f"{c['optimizer']}-k{c['classes']}{_model(c['model'])}"
         q = _label_value(c["reference_best"]["value"])
         by_folder.setdefault(folder, (c, []))[1].append(f"calibrated:{c['reference_classes']}:{q}")
     for folder, (c, computed) in sorted(by_folder.items()):
@@ -392,7 +406,7 @@ def summary(verdicts, link="docs/validation.md"):
     best_q = {}
     for e in entries:
         if e["quantity"] == "gce-q-transfer" and "best_fixed" in e \
-                and e.get("budget") != "matched steps":
+                and e.get("budget") != "matched steps" and e.get("model") == "mlp1024":
             best_q[(e["optimizer"], e["classes"])] = e["best_fixed"]
     lines += ["", "Test top-1 (%) at 40 % symmetric noise, MAE with the computed ε against cross "
               "entropy: " + "; ".join(
