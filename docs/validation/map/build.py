@@ -349,9 +349,10 @@ ADVICE = {
                "large: sweep ε below it (the best ε lay near ½ ln K = 3.45 on both MLPs, a "
                "candidate rule not yet confirmed on a CNN)",
     "mae-eps-peak": "use the match criterion (the default) instead",
-    "gce-q-transfer": "SGD: sweep q at your K (its best q rose with K here, the transfer "
-                      "lowers it). AdamW: the transfer from the best q one decade below held, "
-                      "from two decades below it did not",
+    "gce-q-transfer": "SGD: sweep q at your K (on MLP1024 its best q rose with K, the "
+                      "transfer lowers it; on cnn8 every q of the sweep did about as well). "
+                      "AdamW: the transfer from the best q one decade below held, from two "
+                      "decades below it did not",
     "gce-eps": "the best ε was lower (4 against 4.71); GCE with its q swept did better "
                "without a bias",
     "nce-agce-alpha": "do not use the transferred α; even the sweep's largest α (1000) stayed "
