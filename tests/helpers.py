@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -68,8 +69,6 @@ def two_ranks(argv, cwd, extra_env=None, timeout=240):
     may be taken between its choice and its use, so a launch that lost it is tried again (three
     times; ``argv`` may be a function of the attempt, 0 to 2, to give each its own folder).
     Returns the two processes, their (stdout, stderr) and the attempt that ran."""
-    import socket
-
     for attempt in range(3):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -103,4 +102,3 @@ def initial_predictions(model, classes, train_per_class, test_per_class, split):
     with torch.no_grad():
         pred = net((x - bundle.mean[0]) / bundle.std[0]).argmax(1).numpy()
     return pred, np.asarray(part.labels)
-

@@ -194,7 +194,7 @@ def test_ddp_torchrun_two_processes(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(DDP_PREAMBLE + recipe("ddp") + DDP_POSTAMBLE)
     procs, outs, _ = two_ranks([sys.executable, str(script)], cwd=tmp_path,
-                            extra_env={"CUDA_VISIBLE_DEVICES": ""})
+                               extra_env={"CUDA_VISIBLE_DEVICES": ""})
     assert all(p.returncode == 0 for p in procs), outs
     r0, r1 = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     assert r0["own_std"] != r1["own_std"]  # each shard measures differently ...
